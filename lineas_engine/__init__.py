@@ -1,0 +1,62 @@
+"""lineas_engine: LinEAS activation steering for any torch model.
+
+Per-site, per-channel affine maps h -> w * h + b on chosen modules, trained end to end with a
+per-coordinate 1-D optimal transport loss between pooled source and target activations, optionally
+sparse (proximal sparse group lasso). Imports only torch, numpy, POT and safetensors.
+"""
+
+from .errors import (
+    IncompatibleSteeringError,
+    LineasError,
+    NoMatchingSiteError,
+    NonFiniteLossError,
+    SiteOutputError,
+    SteeringFileError,
+)
+from .files import (
+    FORMAT_VERSION,
+    SteeringMeta,
+    atomic_write_bytes,
+    check_compatible,
+    load_steering,
+    model_fingerprint,
+    save_steering,
+)
+from .fold import FoldReport, fold_, folded_parameters
+from .hooks import Recorder, SteeringHandle, StopForward, attach, run_until_sites, steered
+from .layerwise import affine_ot_fit, fit_layerwise
+from .losses import ot_loss, wasserstein_1d_sq
+from .optim import cosine_schedule, make_optimizer, prox_sparse_group_lasso_, soft_threshold
+from .pooling import pool
+from .sites import PRESETS, SiteSpec, find_sites, is_norm, probe_site_specs, register_preset, site_specs
+from .steering import Steering, site_key
+from .train import (
+    TrainConfig,
+    TrainResult,
+    evaluate_loss,
+    fit,
+    frozen,
+    grouped_loss,
+    num_samples,
+    record_activations,
+    slice_samples,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "LineasError", "NoMatchingSiteError", "SiteOutputError", "SteeringFileError", "IncompatibleSteeringError",
+    "NonFiniteLossError",
+    "SiteSpec", "PRESETS", "register_preset", "is_norm", "find_sites", "site_specs", "probe_site_specs",
+    "Steering", "site_key",
+    "attach", "steered", "Recorder", "SteeringHandle", "StopForward", "run_until_sites",
+    "pool", "wasserstein_1d_sq", "ot_loss",
+    "make_optimizer", "cosine_schedule", "prox_sparse_group_lasso_", "soft_threshold",
+    "TrainConfig", "TrainResult", "fit", "record_activations", "evaluate_loss", "grouped_loss",
+    "num_samples", "slice_samples", "frozen",
+    "affine_ot_fit", "fit_layerwise",
+    "FoldReport", "folded_parameters", "fold_",
+    "FORMAT_VERSION", "SteeringMeta", "save_steering", "load_steering", "model_fingerprint",
+    "check_compatible", "atomic_write_bytes",
+]

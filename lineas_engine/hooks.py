@@ -1,0 +1,158 @@
+"""Forward hooks that apply a steering and/or record pooled activations. One mechanism for every host:
+``attach`` returns a handle; ``handle.remove()`` (or leaving its ``with`` block, also on an exception)
+restores the model exactly."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any, Callable, Iterator, Mapping
+
+import torch
+from torch import nn
+
+from .errors import NoMatchingSiteError, SiteOutputError
+from .pooling import pool
+from .sites import SiteSpec
+from .steering import Steering
+
+__all__ = ["StopForward", "Recorder", "SteeringHandle", "attach", "steered", "run_until_sites"]
+
+logger = logging.getLogger(__name__)
+
+
+class StopForward(Exception):
+    """Raised by the hook of the last site that a loss reads: the rest of the forward is not needed."""
+
+
+class Recorder:
+    """Collects one pooled vector per sample at each site (after the steering map, if any)."""
+
+    def __init__(self, specs: Mapping[str, SiteSpec], mask: torch.Tensor | None = None, detach: bool = False):
+        self.specs = dict(specs)
+        self.mask = mask
+        self.detach = detach
+        self.pooled: dict[str, list[torch.Tensor]] = {s: [] for s in self.specs}
+        self.order: list[str] = []
+
+    @property
+    def sites(self) -> list[str]:
+        return list(self.specs)
+
+    def set_mask(self, mask: torch.Tensor | None) -> None:
+        self.mask = mask
+
+    def record(self, site: str, h: torch.Tensor) -> None:
+        if site not in self.order:
+            self.order.append(site)
+        v = pool(h, self.specs[site].channel_axis, self.mask)
+        self.pooled[site].append(v.detach() if self.detach else v)
+
+    def take(self) -> dict[str, torch.Tensor]:
+        """Concatenate what was recorded ([N, d] per site) and reset."""
+        missing = [s for s, v in self.pooled.items() if not v]
+        if missing:
+            raise SiteOutputError(f"sites {missing[:5]} never ran during the forward pass; check the site list")
+        out = {s: torch.cat(v, dim=0) for s, v in self.pooled.items()}
+        self.pooled = {s: [] for s in self.specs}
+        return out
+
+
+class SteeringHandle:
+    """Hooks attached by :func:`attach`. ``remove()`` detaches them all; usable as a context manager."""
+
+    def __init__(self, handles: list[torch.utils.hooks.RemovableHandle]):
+        self._handles = handles
+
+    def remove(self) -> None:
+        while self._handles:
+            self._handles.pop().remove()
+
+    @property
+    def attached(self) -> bool:
+        return bool(self._handles)
+
+    def __enter__(self) -> "SteeringHandle":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.remove()
+
+
+def attach(
+    root: nn.Module,
+    steering: Steering | None = None,
+    strength: float = 1.0,
+    *,
+    recorder: Recorder | None = None,
+    stop_after: str | None = None,
+) -> SteeringHandle:
+    """Register one forward hook per site on ``root``'s modules.
+
+    Sites are the steering's (and the recorder's). At each site the hook maps the module output with the
+    steering at ``strength``, records the pooled result in ``recorder``, and raises :class:`StopForward`
+    after ``stop_after``.
+    """
+    if steering is None and recorder is None:
+        raise ValueError("attach needs a steering, a recorder, or both")
+    sites = list(dict.fromkeys((steering.sites if steering else []) + (recorder.sites if recorder else [])))
+    modules = dict(root.named_modules())
+    missing = [s for s in sites if s not in modules]
+    if missing:
+        raise NoMatchingSiteError(
+            f"{len(missing)} site(s) are not modules of {type(root).__name__}: {missing[:5]}; "
+            "the steering was made for another model"
+        )
+    steer_sites = set(steering.sites) if steering is not None else set()
+    rec_sites = set(recorder.sites) if recorder is not None else set()
+    handles = []
+    try:
+        for site in sites:
+            handles.append(
+                modules[site].register_forward_hook(
+                    _make_hook(site, steering if site in steer_sites else None, strength,
+                               recorder if site in rec_sites else None, site == stop_after)
+                )
+            )
+    except BaseException:
+        for h in handles:
+            h.remove()
+        raise
+    logger.debug("attached %d hooks (strength %s) to %s", len(handles), strength, type(root).__name__)
+    return SteeringHandle(handles)
+
+
+def _make_hook(site: str, steering: Steering | None, strength: float, recorder: Recorder | None, stop: bool):
+    def hook(_module: nn.Module, _args: Any, output: Any) -> Any:
+        if not isinstance(output, torch.Tensor):
+            raise SiteOutputError(
+                f"site {site!r} returns {type(output).__name__}, not a tensor; choose a module that outputs "
+                "one tensor (e.g. a norm layer), not a block"
+            )
+        if steering is not None:
+            output = steering.apply_to(site, output, strength)
+        if recorder is not None:
+            recorder.record(site, output)
+        if stop:
+            raise StopForward(site)
+        return output if steering is not None else None
+
+    return hook
+
+
+@contextlib.contextmanager
+def steered(root: nn.Module, steering: Steering, strength: float = 1.0) -> Iterator[SteeringHandle]:
+    """``with steered(model, steering, 0.5): model.generate(...)``; hooks are gone afterwards."""
+    handle = attach(root, steering, strength)
+    try:
+        yield handle
+    finally:
+        handle.remove()
+
+
+def run_until_sites(forward: Callable[[Any], Any], batch: Any) -> None:
+    """Run ``forward(batch)``; a :class:`StopForward` from the last site ends it early and quietly."""
+    try:
+        forward(batch)
+    except StopForward:
+        pass

