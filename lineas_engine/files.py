@@ -164,8 +164,15 @@ def _parse_meta(raw: Any, path: Path) -> SteeringMeta:
     return SteeringMeta(version, str(engine_version), sites, **parts)
 
 
-def load_steering(path: str | os.PathLike, *, device: torch.device | str | None = None) -> tuple[Steering, SteeringMeta]:
-    """Read and validate a steering file. Every problem raises :class:`SteeringFileError` naming it."""
+def load_steering(
+    path: str | os.PathLike,
+    *,
+    device: torch.device | str | None = None,
+    model: nn.Module | None = None,
+    architecture: str | None = None,
+) -> tuple[Steering, SteeringMeta]:
+    """Read and validate a steering file. Every problem raises :class:`SteeringFileError` naming it.
+    With ``model``, also check that it fits that model (:func:`check_compatible`)."""
     path = Path(path)
     if not path.is_file():
         raise SteeringFileError(f"steering file {path} does not exist")
@@ -190,6 +197,8 @@ def load_steering(path: str | os.PathLike, *, device: torch.device | str | None 
                 if not t.is_floating_point() or not torch.isfinite(t).all():
                     raise SteeringFileError(f"{path}: {kind}.{s} must be finite floats")
                 param.copy_(t.float())
+    if model is not None:
+        check_compatible(steering, model, fingerprint=meta.fingerprint, architecture=architecture)
     if device is not None:
         steering.to(device)
     return steering, meta

@@ -100,6 +100,7 @@ class TrainResult:
     target_acts: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)
     eval_curve: list[tuple[int, float]] = field(default_factory=list)
     target_seconds: float = 0.0
+    last_site: str | None = None
 
     def summary(self) -> dict:
         """JSON-friendly figures (no tensors) for file metadata and reports."""
@@ -258,12 +259,14 @@ def fit(
     target_acts: Mapping[str, torch.Tensor] | None = None,
     eval_source: Mapping[str, Any] | None = None,
     on_step: OnStep | None = None,
+    last_site: str | None = None,
 ) -> TrainResult:
     """Train ``steering`` in place so that the steered source activations match the target's in
     distribution at every site, end to end (the loss at a site sees every upstream map).
 
     ``target_acts`` (e.g. ``result.target_acts`` of an earlier run) skips the target pass; it may carry
-    the target groups under ``config.group_key``. ``on_step(step, loss)`` is called after every step and
+    the target groups under ``config.group_key``; pass ``last_site=result.last_site`` with it so that even
+    the first step stops after the last site (otherwise the first step runs whole to learn the order). ``on_step(step, loss)`` is called after every step and
     may raise to stop training (nothing is written by this function).
     """
     cfg = config or TrainConfig()
@@ -275,7 +278,8 @@ def fit(
         raise LineasError(f"need at least 2 source samples, got {n}")
     rec_bs = cfg.record_batch_size or cfg.batch_size
     t0 = time.perf_counter()
-    last_site = None
+    if last_site is not None and last_site not in specs:
+        raise LineasError(f"last_site={last_site!r} is not one of the steering's sites")
     with frozen(root):
         if target_acts is None:
             if num_samples(target) < 2:
@@ -344,7 +348,7 @@ def fit(
     logger.info("trained %d steps in %.1f s: loss %.4g -> %.4g", cfg.steps, seconds, losses[0], losses[-1])
     return TrainResult(losses=losses, eval_before=eval_before, eval_after=eval_after, seconds=seconds,
                        steps=cfg.steps, support=steering.support(), target_acts=target_acts,
-                       eval_curve=eval_curve, target_seconds=target_seconds)
+                       eval_curve=eval_curve, target_seconds=target_seconds, last_site=stop)
 
 
 def _step_loss(root, steering, forward, batch, tgt, src_groups, tgt_groups, cfg, stop):

@@ -147,3 +147,12 @@ def test_check_compatible_names_every_mismatch(tiny_llama, tiny_gemma3):
         check_compatible(s, tiny_llama, fingerprint=fp)
     with pytest.raises(IncompatibleSteeringError, match="LlamaForCausalLM model, this is a Gemma3ForCausalLM.*1 of its 3 sites"):
         check_compatible(Steering(specs), tiny_gemma3, fingerprint=fp)
+
+
+def test_load_checks_against_the_model(tmp_path, tiny_llama, tiny_gemma3):
+    specs = site_specs(tiny_llama, find_sites(tiny_llama, preset="post_norms"))
+    path = save_steering(tmp_path / "s.safetensors", Steering(specs), fingerprint=model_fingerprint(tiny_llama))
+    s, _ = load_steering(path, model=tiny_llama)
+    assert s.specs == specs
+    with pytest.raises(IncompatibleSteeringError, match="trained on a LlamaForCausalLM"):
+        load_steering(path, model=tiny_gemma3)

@@ -68,6 +68,7 @@ def test_deterministic_with_seed_and_cached_targets(tiny_llama):
 
 def test_forward_stops_after_last_site(tiny_llama):
     specs = site_specs(tiny_llama, ["model.layers.0.post_attention_layernorm"])
+    cached = res_acts(tiny_llama, specs)
     calls = {"layer2": 0, "head": 0}
     h1 = tiny_llama.model.layers[2].register_forward_hook(lambda *a: calls.__setitem__("layer2", calls["layer2"] + 1))
     h2 = tiny_llama.lm_head.register_forward_hook(lambda *a: calls.__setitem__("head", calls["head"] + 1))
@@ -77,9 +78,16 @@ def test_forward_stops_after_last_site(tiny_llama):
             config=cfg)
         # the first target batch runs whole to learn the firing order; nothing after it does
         assert calls == {"layer2": 1, "head": 1}
+        res = fit(tiny_llama, Steering(specs), lm_forward(tiny_llama), token_batch(8, 0, 64), config=cfg,
+                  target_acts=cached, last_site="model.layers.0.post_attention_layernorm")
+        assert calls == {"layer2": 1, "head": 1} and res.last_site == "model.layers.0.post_attention_layernorm"
     finally:
         h1.remove()
         h2.remove()
+
+
+def res_acts(model, specs):
+    return record_activations(model, specs, lm_forward(model), token_batch(8, 64, 128), stop_after_last=False)
 
 
 def test_micro_batches_give_the_same_gradient(tiny_llama):
