@@ -103,8 +103,9 @@ def main(argv=None) -> int:
         print(f"  {k:40s} {min(v):7.3f} [{statistics.median(v):7.3f}]  ratio {min(v)/base:5.3f}")
     keys = list(times)
     for stop_key, full_key in ((keys[1], keys[2]), (keys[3], keys[4])):
-        print(f"  time saved by stopping after the last site ({stop_key.split(',')[1].strip() if ',' in stop_key else 'all sites'}): "
-              f"{1 - min(times[stop_key]) / min(times[full_key]):.1%}")
+        which = stop_key.split(",")[1].strip() if "," in stop_key else "all sites"
+        saved = 1 - min(times[stop_key]) / min(times[full_key])
+        print(f"  time saved by stopping after the last site ({which}): {saved:.1%}")
 
     # (b) inference: a non-trivial steering; the folded model gets the scale part (RMSNorm has no bias)
     with torch.no_grad():
@@ -136,7 +137,8 @@ def main(argv=None) -> int:
         for k, fn in inf.items():
             itimes[k] += _timeit(fn, 1)
     ib = min(itimes["base"])
-    print(f"\n(b) inference forward, min of {len(itimes['base'])}, seconds (folded vs hooked logits max diff {diff:.2e})")
+    print(f"\n(b) inference forward, min of {len(itimes['base'])}, seconds "
+          f"(folded vs hooked logits max diff {diff:.2e})")
     for k, v in itimes.items():
         print(f"  {k:40s} {min(v):7.3f} [{statistics.median(v):7.3f}]  ratio {min(v)/ib:5.3f}")
     print(f"\nloadavg at end {os.getloadavg()[0]:.2f}")

@@ -1,10 +1,12 @@
 """The steering file: safetensors tensors ``scale.<site>`` / ``shift.<site>`` plus ONE metadata key
-``lineas`` holding JSON (a single key keeps the bytes deterministic: safetensors orders metadata keys at random). Writes are atomic; nothing is pickled.
+``lineas`` holding JSON (a single key keeps the bytes deterministic: safetensors orders metadata keys at
+random). Writes are atomic; nothing is pickled.
 Loading checks everything and names each problem; unknown metadata from a newer version is ignored
 with a warning."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -63,18 +65,10 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        with _suppress():
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
     return path
-
-
-class _suppress:  # contextlib.suppress(BaseException) without the lint noise
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return True
 
 
 def save_steering(
@@ -186,7 +180,9 @@ def load_steering(
     expected = {f"{k}.{s}" for s in meta.sites for k in ("scale", "shift")}
     missing, extra = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
     if missing or extra:
-        raise SteeringFileError(f"{path}: tensors do not match the site list (missing {missing[:4]}, extra {extra[:4]})")
+        raise SteeringFileError(
+            f"{path}: tensors do not match the site list (missing {missing[:4]}, extra {extra[:4]})"
+        )
     steering = Steering(meta.sites)
     with torch.no_grad():
         for s, spec in meta.sites.items():

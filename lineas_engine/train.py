@@ -76,7 +76,8 @@ class TrainConfig:
             problems.append(f"schedule={self.schedule!r} must be cosine or constant")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             problems.append(f"batch_size={self.batch_size!r} must be a positive int")
-        if self.micro_batch_size is not None and (not isinstance(self.micro_batch_size, int) or self.micro_batch_size < 1):
+        mb = self.micro_batch_size
+        if mb is not None and (not isinstance(mb, int) or mb < 1):
             problems.append(f"micro_batch_size={self.micro_batch_size!r} must be a positive int or None")
         if self.gamma < 0 or self.l1 < 0 or self.group < 0:
             problems.append(f"gamma={self.gamma}, l1={self.l1}, group={self.group} must be >= 0")
@@ -266,8 +267,9 @@ def fit(
 
     ``target_acts`` (e.g. ``result.target_acts`` of an earlier run) skips the target pass; it may carry
     the target groups under ``config.group_key``; pass ``last_site=result.last_site`` with it so that even
-    the first step stops after the last site (otherwise the first step runs whole to learn the order). ``on_step(step, loss)`` is called after every step and
-    may raise to stop training (nothing is written by this function).
+    the first step stops after the last site (otherwise the first step runs whole to learn the order).
+    ``on_step(step, loss)`` is called after every step and may raise to stop training (nothing is
+    written by this function).
     """
     cfg = config or TrainConfig()
     if target is None and target_acts is None:
@@ -296,7 +298,9 @@ def fit(
                 raise LineasError(f"cached target activations lack sites {missing[:5]}")
         for s in specs:
             if not torch.isfinite(target_acts[s]).all():
-                raise NonFiniteLossError(f"target activations at site {s!r} contain NaN/inf; check the target inputs")
+                raise NonFiniteLossError(
+                    f"target activations at site {s!r} contain NaN/inf; check the target inputs"
+                )
         target_seconds = time.perf_counter() - t0
         tgt_groups = _groups(target_acts, cfg.group_key)
         tgt = {s: target_acts[s] for s in specs}
@@ -343,7 +347,8 @@ def fit(
                 on_step(step, value)
         eval_after = None
         if eval_source is not None:
-            eval_after = evaluate_loss(root, steering, forward, eval_source, tgt, config=cfg, target_groups=tgt_groups)
+            eval_after = evaluate_loss(root, steering, forward, eval_source, tgt, config=cfg,
+                                       target_groups=tgt_groups)
     seconds = time.perf_counter() - t0
     logger.info("trained %d steps in %.1f s: loss %.4g -> %.4g", cfg.steps, seconds, losses[0], losses[-1])
     return TrainResult(losses=losses, eval_before=eval_before, eval_after=eval_after, seconds=seconds,

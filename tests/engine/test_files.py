@@ -145,7 +145,8 @@ def test_check_compatible_names_every_mismatch(tiny_llama, tiny_gemma3):
         check_compatible(Steering(specs), tiny_llama, fingerprint=fp)
     with pytest.raises(IncompatibleSteeringError, match="width 64 here but 5"):
         check_compatible(s, tiny_llama, fingerprint=fp)
-    with pytest.raises(IncompatibleSteeringError, match="LlamaForCausalLM model, this is a Gemma3ForCausalLM.*1 of its 3 sites"):
+    msg = "LlamaForCausalLM model, this is a Gemma3ForCausalLM.*1 of its 3 sites"
+    with pytest.raises(IncompatibleSteeringError, match=msg):
         check_compatible(Steering(specs), tiny_gemma3, fingerprint=fp)
 
 

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from tests.engine.helpers import lm_forward, token_batch, unet_batch, unet_forward
 
 from lineas_engine import (
     NoMatchingSiteError,
@@ -14,6 +13,7 @@ from lineas_engine import (
     site_specs,
     steered,
 )
+from tests.engine.helpers import lm_forward, token_batch, unet_batch, unet_forward
 
 
 def _random(steering: Steering, seed: int, scale: float = 0.3) -> Steering:
