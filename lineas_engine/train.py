@@ -43,7 +43,10 @@ OnStep = Callable[[int, float], None]
 
 @dataclass
 class TrainConfig:
-    """Settings of :func:`fit`. Defaults are the paper's LLM setting (SGD 0.1, cosine, 1000 steps, batch 32)."""
+    """Settings of :func:`fit`. Defaults are the paper's LLM setting (SGD 0.1, cosine, 1000 steps, batch 32).
+
+    ``patience > 0`` stops early once the training loss has not improved by a relative ``min_delta`` over
+    its best value for ``patience`` consecutive steps (``steps`` stays the schedule's horizon)."""
 
     steps: int = 1000
     lr: float = 0.1
@@ -63,6 +66,8 @@ class TrainConfig:
     stop_after_last_site: bool = True
     record_batch_size: int | None = None
     eval_every: int = 0
+    patience: int = 0
+    min_delta: float = 1e-3
 
     def __post_init__(self) -> None:
         problems = []
@@ -81,6 +86,8 @@ class TrainConfig:
             problems.append(f"micro_batch_size={self.micro_batch_size!r} must be a positive int or None")
         if self.gamma < 0 or self.l1 < 0 or self.group < 0:
             problems.append(f"gamma={self.gamma}, l1={self.l1}, group={self.group} must be >= 0")
+        if not isinstance(self.patience, int) or self.patience < 0:
+            problems.append(f"patience={self.patience!r} must be an int >= 0 (0 = no early stop)")
         if self.reduction not in ("mean", "sum"):
             problems.append(f"reduction={self.reduction!r} must be mean or sum")
         if problems:
@@ -318,6 +325,7 @@ def fit(
         stop = last_site if cfg.stop_after_last_site else None
         losses: list[float] = []
         eval_curve: list[tuple[int, float]] = []
+        best, since_best = math.inf, 0
         for step in range(1, cfg.steps + 1):
             idx = next(batches)
             batch = slice_samples(source, idx)
@@ -345,6 +353,14 @@ def fit(
                                                        target_groups=tgt_groups)))
             if on_step is not None:
                 on_step(step, value)
+            if cfg.patience:
+                if value < best * (1 - cfg.min_delta):
+                    best, since_best = value, 0
+                else:
+                    since_best += 1
+                    if since_best >= cfg.patience:
+                        logger.info("early stop at step %d: no improvement for %d steps", step, cfg.patience)
+                        break
         eval_after = None
         if eval_source is not None:
             eval_after = evaluate_loss(root, steering, forward, eval_source, tgt, config=cfg,
@@ -352,7 +368,7 @@ def fit(
     seconds = time.perf_counter() - t0
     logger.info("trained %d steps in %.1f s: loss %.4g -> %.4g", cfg.steps, seconds, losses[0], losses[-1])
     return TrainResult(losses=losses, eval_before=eval_before, eval_after=eval_after, seconds=seconds,
-                       steps=cfg.steps, support=steering.support(), target_acts=target_acts,
+                       steps=len(losses), support=steering.support(), target_acts=target_acts,
                        eval_curve=eval_curve, target_seconds=target_seconds, last_site=stop)
 
 

@@ -189,3 +189,16 @@ def test_layerwise_is_exact_for_affine_related_site():
     torch.testing.assert_close(s.bias("0")[:2], b[:2], atol=1e-5, rtol=1e-5)
     # a negative scale is not a transport map in 1-D: the fitted map stays increasing
     assert s.weight("0")[2].item() > 0
+
+
+def test_early_stop_on_plateau():
+    model = torch.nn.Sequential(torch.nn.Identity()).eval()
+    specs = {"0": SiteSpec(2)}
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(16, 2, generator=g)
+    fwd = lambda d: model(d["x"])  # noqa: E731
+    cfg = TrainConfig(steps=500, lr=0.1, optimizer="adam", batch_size=16, mask_key=None, patience=5, min_delta=1e-2)
+    res = fit(model, Steering(specs), fwd, {"x": x}, {"x": x * 2 + 1}, config=cfg)
+    assert res.steps == len(res.losses) < 500
+    tail = res.losses[-6:]
+    assert min(tail[1:]) >= min(res.losses[:-5]) * (1 - 1e-2)  # it stopped because nothing improved

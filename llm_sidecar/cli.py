@@ -1,0 +1,296 @@
+"""`lineas-llm`: learn, apply, evaluate and export LinEAS detox steering for Hugging Face causal LMs.
+
+Commands only parse arguments and delegate; errors become one line on stderr (LINEAS_DEBUG=1 shows the
+traceback) and a non-zero exit code."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from lineas_engine import LineasError, TrainConfig, load_steering
+
+__all__ = ["main", "build_parser"]
+
+logger = logging.getLogger("lineas_llm")
+
+
+def _floats(s: str) -> list[float]:
+    try:
+        return [float(x) for x in s.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not a comma-separated list of numbers, e.g. 0,0.5,1") from None
+
+
+def _ints(s: str) -> list[int]:
+    try:
+        return [int(x) for x in s.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not a comma-separated list of integers, e.g. 0,1,2") from None
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="hub id, local HF folder, .gguf file, or embedded: smollm2, gemma3-270m")
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1 ...")
+    p.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16")
+
+
+def _gen_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    p.add_argument("--top-p", type=float, default=0.3)
+    p.add_argument("--repetition-penalty", type=float, default=1.2)
+    p.add_argument("--gen-batch-size", type=int, default=32)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="lineas-llm", description=__doc__.split("\n\n")[0])
+    ap.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="learn a steering from source (e.g. toxic) and target (non-toxic) texts")
+    _model_args(t)
+    t.add_argument("--source", help="texts to steer away from: .txt (a line each), .jsonl, .csv")
+    t.add_argument("--target", help="texts to steer towards")
+    t.add_argument("--source-field", help="JSONL field / CSV column of --source (e.g. comment_text)")
+    t.add_argument("--target-field", help="JSONL field / CSV column of --target")
+    t.add_argument("--source-where", help="keep rows with column=value in --source, e.g. toxic=1")
+    t.add_argument("--target-where", help="keep rows with column=value in --target, e.g. toxic=0")
+    t.add_argument("--from-prompts", help="build both sets from these prompts: continue them with the model, "
+                                          "score with --judge, keep the --n most and least toxic")
+    t.add_argument("--n", type=int, default=32, help="samples per side (default 32, as in the paper)")
+    t.add_argument("--judge", default="profanity", help="judge for --from-prompts (see eval --help)")
+    t.add_argument("--out", required=True, help="steering file to write (.safetensors)")
+    t.add_argument("--method", choices=["lineas", "layerwise"], default="lineas")
+    t.add_argument("--sites", help="regex over module names (default: the paper's post norms for the family)")
+    t.add_argument("--steps", type=int, default=1000)
+    t.add_argument("--lr", type=float, default=0.1)
+    t.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], default="sgd")
+    t.add_argument("--sparsity", type=float, default=0.0, help="gamma of the sparse group lasso (0 = dense)")
+    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--patience", type=int, default=0, help="stop when the loss has not improved for N steps")
+    t.add_argument("--max-length", type=int, default=64, help="tokens per training text")
+    t.add_argument("--seed", type=int, default=0)
+    _gen_args(t)
+
+    g = sub.add_parser("generate", help="continue prompts, optionally under a steering")
+    _model_args(g)
+    g.add_argument("--steering")
+    g.add_argument("--strength", type=float, default=1.0)
+    src = g.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt")
+    src.add_argument("--prompts", help="file of prompts (.txt a line each, .jsonl, .csv)")
+    g.add_argument("--field", help="JSONL field / CSV column of --prompts")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--out", help="write JSONL here instead of stdout")
+    _gen_args(g)
+
+    e = sub.add_parser("eval", help="toxicity of continuations and perplexity on neutral text over strengths")
+    _model_args(e)
+    e.add_argument("--steering")
+    e.add_argument("--prompts", required=True, help="held-out prompts (never the training prompts)")
+    e.add_argument("--neutral", required=True, help="neutral sentences for perplexity")
+    e.add_argument("--field", help="JSONL field / CSV column of --prompts")
+    e.add_argument("--strengths", type=_floats, default=[0.0, 0.5, 1.0])
+    e.add_argument("--seeds", type=_ints, default=[0, 1])
+    e.add_argument("--max-prompts", type=int, default=0, help="use the first N prompts (0 = all)")
+    e.add_argument("--max-neutral", type=int, default=0, help="use the first N neutral sentences (0 = all)")
+    e.add_argument("--judge", default="profanity",
+                   help="profanity (offline default), detoxify[:variant], or a HF text-classification id")
+    e.add_argument("--report", required=True, help="folder for results.json / results.md / the PNG plot")
+    e.add_argument("--label", default=None, help="name of this steering in the report")
+    _gen_args(e)
+
+    x = sub.add_parser("export", help="fold the steering into the weights; write a plain HF model folder")
+    _model_args(x)
+    x.add_argument("--steering", required=True)
+    x.add_argument("--strength", type=float, default=1.0)
+    x.add_argument("--out", required=True, help="new folder for the exported model")
+    x.add_argument("--scale-only", action="store_true", help="drop shifts that cannot be folded (not exact)")
+
+    d = sub.add_parser("demo", help="offline end-to-end demo on the embedded SmolLM2-135M-Instruct")
+    d.add_argument("--model", default="smollm2", help=argparse.SUPPRESS)
+    d.add_argument("--n", type=int, default=32)
+    d.add_argument("--steps", type=int, default=150)
+    d.add_argument("--eval-prompts", type=int, default=64)
+    d.add_argument("--neutral", type=int, default=100)
+    d.add_argument("--out", default=None, help="keep the steering file here")
+    d.add_argument("--seed", type=int, default=0)
+    return ap
+
+
+def _gen_config(a):
+    from .generate import GenConfig
+
+    try:
+        return GenConfig(max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_p=a.top_p,
+                         repetition_penalty=a.repetition_penalty, batch_size=a.gen_batch_size)
+    except ValueError as e:
+        raise LineasError(str(e)) from None
+
+
+def _check_out_file(path: str) -> Path:
+    p = Path(path)
+    if p.is_dir():
+        raise LineasError(f"--out {path!r} is a folder; give a file name such as detox.safetensors")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise LineasError(f"cannot write --out {path!r}: folder {str(parent)!r} does not exist or is not writable")
+    return p
+
+
+def _load_steering(lm, path: str):
+    steering, meta = load_steering(path, model=lm.model, architecture=lm.architecture)
+    return steering.to(lm.device), meta
+
+
+def cmd_train(a) -> int:
+    from .data import read_texts, require_samples, rtp_prompts  # noqa: F401
+    from .models import load_model
+    from .progress import progress_bar
+    from .train import save_trained, train_steering
+
+    out = _check_out_file(a.out)
+    if a.from_prompts and (a.source or a.target):
+        raise LineasError("give either --from-prompts or --source and --target, not both")
+    if not a.from_prompts and not (a.source and a.target):
+        raise LineasError("train needs --source and --target files (or --from-prompts FILE)")
+    try:
+        cfg = TrainConfig(steps=a.steps, lr=a.lr, optimizer=a.optimizer, batch_size=a.batch_size, gamma=a.sparsity,
+                          seed=a.seed, patience=a.patience)
+    except LineasError:
+        raise
+    if a.source:
+        source = read_texts(a.source, a.source_field, a.source_where, what="--source")
+        target = read_texts(a.target, a.target_field, a.target_where, what="--target")
+        require_samples(source, "--source")
+        require_samples(target, "--target")
+        prompts = []
+    else:
+        prompts = read_texts(a.from_prompts, what="--from-prompts")
+    lm = load_model(a.model, a.device, a.dtype)
+    if prompts:
+        from .build import build_sets
+        from .judges import make_judge
+
+        source, target = build_sets(lm, prompts, a.n, make_judge(a.judge), _gen_config(a), seed=a.seed)
+    with progress_bar(cfg.steps, "train") as bar:
+        outcome = train_steering(lm, source, target, method=a.method, sites_pattern=a.sites, config=cfg,
+                                 max_length=a.max_length, on_step=bar)
+    save_trained(out, lm, outcome, cfg, training_prompts=prompts)
+    r = outcome.result
+    loss = f", loss {r.losses[0]:.4g} -> {r.losses[-1]:.4g} in {r.steps} steps" if r else ""
+    sys.stdout.write(f"wrote {out} ({outcome.method}, {len(outcome.sites)} sites, {outcome.seconds:.1f} s{loss}, "
+                     f"support {outcome.steering.support():.1%})\n")
+    return 0
+
+
+def cmd_generate(a) -> int:
+    import json
+
+    from .data import read_texts
+    from .generate import generate
+    from .models import load_model
+
+    prompts = [a.prompt] if a.prompt is not None else read_texts(a.prompts, a.field, what="--prompts")
+    if a.out:
+        _check_out_file(a.out)
+    lm = load_model(a.model, a.device, a.dtype)
+    steering = _load_steering(lm, a.steering)[0] if a.steering else None
+    g = generate(lm, prompts, _gen_config(a), seed=a.seed, steering=steering, strength=a.strength)
+    lines = [json.dumps({"prompt": p, "continuation": c}) for p, c in zip(g.prompts, g.continuations)]
+    if a.out:
+        from lineas_engine import atomic_write_bytes
+
+        atomic_write_bytes(a.out, ("\n".join(lines) + "\n").encode())
+    elif a.prompt is not None:
+        sys.stdout.write(g.continuations[0] + "\n")
+    else:
+        sys.stdout.write("\n".join(lines) + "\n")
+    return 0
+
+
+def cmd_eval(a) -> int:
+    from .data import check_disjoint, read_texts, require_samples
+    from .evaluate import evaluate_strengths
+    from .judges import make_judge
+    from .models import load_model
+    from .report import write_report
+
+    prompts = read_texts(a.prompts, a.field, what="--prompts")
+    neutral = read_texts(a.neutral, what="--neutral")
+    if a.max_prompts:
+        prompts = prompts[: a.max_prompts]
+    if a.max_neutral:
+        neutral = neutral[: a.max_neutral]
+    require_samples(neutral, "--neutral", 1)
+    judge = make_judge(a.judge)
+    lm = load_model(a.model, a.device, a.dtype)
+    steering, meta = _load_steering(lm, a.steering) if a.steering else (None, None)
+    if meta is not None:
+        check_disjoint(prompts, meta.extra.get("training_text_hashes", []))
+    rows = evaluate_strengths(lm, steering, prompts, neutral, strengths=a.strengths, seeds=a.seeds, judge=judge,
+                              gen=_gen_config(a), label=a.label or (Path(a.steering).stem if a.steering else "none"))
+    paths = write_report(a.report, rows, {"model": a.model, "steering": a.steering, "judge": judge.name,
+                                          "prompts": f"{a.prompts} ({len(prompts)})",
+                                          "neutral": f"{a.neutral} ({len(neutral)})", "seeds": a.seeds})
+    from .report import markdown_table
+
+    sys.stdout.write(markdown_table(rows))
+    sys.stdout.write(f"report: {paths['md']}\n")
+    return 0
+
+
+def cmd_export(a) -> int:
+    from .export import export_folded
+    from .models import load_model
+
+    lm = load_model(a.model, a.device, a.dtype)
+    steering, _ = _load_steering(lm, a.steering)
+    info = export_folded(lm, steering, a.out, strength=a.strength, scale_only=a.scale_only)
+    sys.stdout.write(f"exported to {a.out} (max |logit diff| vs hooked: {info['max_abs_logit_diff_vs_hooked']:.2e})\n")
+    return 0
+
+
+def cmd_demo(a) -> int:
+    from .demo import run_demo
+
+    run_demo(model=a.model, n=a.n, steps=a.steps, eval_prompts=a.eval_prompts, neutral=a.neutral, out=a.out,
+             seed=a.seed, stream=sys.stdout)
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "generate": cmd_generate, "eval": cmd_eval, "export": cmd_export, "demo": cmd_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("transformers", "httpx", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    if not args.verbose:
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        try:
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()  # our own bars show progress; keep stderr to one line on errors
+        except ImportError:
+            pass
+    try:
+        return COMMANDS[args.command](args)
+    except LineasError as e:
+        if os.environ.get("LINEAS_DEBUG"):
+            raise
+        sys.stderr.write(f"lineas-llm {args.command}: error: {e}\n")
+        return 1
+    except KeyboardInterrupt:
+        sys.stderr.write(f"lineas-llm {args.command}: interrupted; no output file was written\n")
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

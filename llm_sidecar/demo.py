@@ -1,0 +1,72 @@
+"""`lineas-llm demo`: offline, end to end on the embedded SmolLM2-135M-Instruct.
+
+Builds a toxic and a non-toxic set from RealToxicityPrompts prefixes (scored by the offline judge),
+trains a LinEAS steering, and prints toxicity of continuations of held-out prompts and perplexity on
+neutral prose, before and after. Training and evaluation prompts are disjoint."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import TextIO
+
+from lineas_engine import TrainConfig
+
+from .build import build_sets
+from .data import check_disjoint, hash_texts, neutral_sentences, rtp_prompts, split
+from .evaluate import evaluate_strengths
+from .generate import GenConfig
+from .judges import make_judge
+from .models import load_model
+from .progress import progress_bar
+from .report import markdown_table
+from .train import save_trained, train_steering
+
+__all__ = ["run_demo", "DEMO_CONFIG"]
+
+logger = logging.getLogger(__name__)
+
+# Paper: SGD 0.1, cosine, 1000 steps, batch 32. Adam reaches the same loss in far fewer steps, which is
+# what makes the demo take minutes on a laptop CPU; early stop ends it when the loss plateaus.
+DEMO_CONFIG = dict(optimizer="adam", lr=0.01, batch_size=32, patience=20, min_delta=2e-3)
+
+
+def run_demo(*, model: str = "smollm2", n: int = 32, steps: int = 150, eval_prompts: int = 64,
+             neutral: int = 100, out: str | None = None, seed: int = 0, stream: TextIO,
+             train_pool: int = 200, max_new_tokens: int = 32) -> dict:
+    t_start = time.perf_counter()
+    say = lambda s: (stream.write(s + "\n"), stream.flush())  # noqa: E731
+    lm = load_model(model)
+    say(f"model: {model} ({lm.architecture}, {sum(p.numel() for p in lm.model.parameters()) / 1e6:.1f}M params, "
+        f"{lm.device}, {str(lm.dtype).removeprefix('torch.')})")
+    judge = make_judge("profanity")
+    pool, held = split(rtp_prompts(), train_pool, seed=seed)
+    toxic, clean = build_sets(lm, pool, n, judge, continue_prompts=False)
+    held = held[:eval_prompts]
+    check_disjoint(held, hash_texts(pool))
+    texts = neutral_sentences()[:neutral]
+    say(f"data: {n} toxic + {n} non-toxic training texts from {len(pool)} RTP prompts; "
+        f"{len(held)} held-out RTP prompts; {len(texts)} neutral sentences")
+    cfg = TrainConfig(steps=steps, seed=seed, **DEMO_CONFIG)
+    with progress_bar(steps, "train") as bar:
+        outcome = train_steering(lm, toxic, clean, config=cfg, max_length=48, on_step=bar)
+    r = outcome.result
+    say(f"trained LinEAS on {len(outcome.sites)} sites in {outcome.seconds:.0f} s "
+        f"({r.steps} steps, OT loss {r.losses[0]:.4g} -> {r.losses[-1]:.4g})")
+    path = Path(out) if out else Path(tempfile.mkdtemp(prefix="lineas-demo-")) / "detox.safetensors"
+    save_trained(path, lm, outcome, cfg, training_prompts=pool)
+    gen = GenConfig(max_new_tokens=max_new_tokens)
+    rows = evaluate_strengths(lm, None, held, texts, judge=judge, gen=gen, seeds=(seed,), label="none")
+    rows += evaluate_strengths(lm, outcome.steering.to(lm.device), held, texts, strengths=(0.5, 1.0), judge=judge,
+                               gen=gen, seeds=(seed,), label="lineas")
+    say("")
+    say(markdown_table(rows))
+    base, full = rows[0], rows[-1]
+    rel = (1 - full.toxicity / base.toxicity) if base.toxicity > 0 else float("nan")
+    say(f"toxicity {base.toxicity:.1f}% -> {full.toxicity:.1f}% ({rel:+.0%} relative reduction: "
+        f"{'lower' if rel > 0 else 'not lower'}), perplexity {base.perplexity:.2f} -> {full.perplexity:.2f} "
+        f"({full.perplexity / base.perplexity - 1:+.1%}); judge {judge.name}")
+    say(f"steering saved to {path}; total {time.perf_counter() - t_start:.0f} s")
+    return {"rows": rows, "steering": str(path), "outcome": outcome}

@@ -1,0 +1,122 @@
+"""Export a steered model as a plain Hugging Face folder (no project code needed to load it).
+
+The scale part of every site is folded into its norm weight (the engine's ``fold_``, checked
+numerically). A shift b after an RMSNorm (no bias) is folded exactly into the biases of the linear
+layers that read that norm's output: for Llama-style blocks the post-attention norm feeds
+``mlp.gate_proj`` and ``mlp.up_proj``, so ``bias += W @ b`` there, with ``config.mlp_bias = True`` (the
+down projections get zero biases). Where no such place exists (e.g. Gemma's post norms, whose output is
+added to the residual stream), the export refuses with the reason."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from lineas_engine import LineasError, Steering, fold_, steered
+
+from .models import LoadedModel
+
+__all__ = ["export_folded"]
+
+logger = logging.getLogger(__name__)
+_LLAMA_POST = re.compile(r"(.*\.)?layers\.(\d+)\.post_attention_layernorm")
+
+
+def _split(steering: Steering) -> tuple[Steering, dict[str, torch.Tensor]]:
+    scale_only = Steering(steering.specs)
+    shifts = {}
+    with torch.no_grad():
+        for s in steering.sites:
+            scale_only.weight(s).copy_(steering.weight(s))
+            if bool((steering.bias(s) != 0).any()):
+                shifts[s] = steering.bias(s).detach().clone()
+    return scale_only, shifts
+
+
+def _shift_consumers(model, site: str) -> list[str]:
+    m = _LLAMA_POST.fullmatch(site)
+    cfg = model.config
+    if m is None or not hasattr(cfg, "mlp_bias"):
+        raise LineasError(
+            f"site {site!r} has a shift that cannot be folded exactly into a {cfg.model_type} model "
+            "(its output has no following bias to absorb it); export with --scale-only (drops the shifts, "
+            "not exact) or apply the steering with hooks (lineas-llm generate --steering)"
+        )
+    prefix = site[: -len("post_attention_layernorm")]
+    return [prefix + "mlp.gate_proj", prefix + "mlp.up_proj"]
+
+
+def export_folded(lm: LoadedModel, steering: Steering, out_dir: str | os.PathLike, *, strength: float = 1.0,
+                  scale_only: bool = False, check_texts: list[str] | None = None) -> dict:
+    """Write the folded model + tokenizer to ``out_dir`` (atomically: a temp folder renamed at the end)
+    and return a report with the max |logit| difference between the export and the hooked steering."""
+    from transformers import AutoModelForCausalLM
+
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        raise LineasError(f"--out {str(out)!r} exists and is not empty; choose a new folder")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise LineasError(f"cannot write --out {str(out)!r}: {str(parent)!r} is not a writable folder")
+    model = lm.model
+    steer = steering.at_strength(strength)
+    scale, shifts = _split(steer)
+    if scale_only:
+        shifts = {}
+    consumers = {s: _shift_consumers(model, s) for s in shifts}
+
+    cfg = model.config.__class__.from_dict(model.config.to_dict())
+    if shifts:
+        cfg.mlp_bias = True
+    new = AutoModelForCausalLM.from_config(cfg, dtype=lm.dtype)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    missing, unexpected = new.load_state_dict(state, strict=False)
+    if unexpected:
+        raise LineasError(f"export: unexpected weights {unexpected[:3]}")
+    with torch.no_grad():
+        for name in missing:  # new biases (mlp_bias): zero unless a shift lands there
+            p = new.get_parameter(name) if name in dict(new.named_parameters()) else None
+            if p is None:
+                continue
+            if not name.endswith(".bias"):
+                raise LineasError(f"export: weight {name} missing from the source model")
+            p.zero_()
+        for site, b in shifts.items():
+            for lin in consumers[site]:
+                mod = new.get_submodule(lin)
+                mod.bias.add_(mod.weight.float() @ b.to(mod.weight.device).float())
+    new.to(lm.device).eval()
+    report = fold_(new, scale)
+    if not report.complete:
+        raise LineasError(f"cannot fold sites {sorted(report.skipped)[:3]}: {next(iter(report.skipped.values()))}")
+
+    texts = check_texts or ["The quick brown fox jumps over the lazy dog.", "I can't believe you would say that"]
+    enc = lm.tokenizer(texts, return_tensors="pt", padding=True).to(lm.device)
+    with torch.no_grad():
+        with steered(model, steer):
+            hooked = model(**enc).logits.float()
+        folded = new(**enc).logits.float()
+    diff = (hooked - folded).abs().max().item()
+
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=parent))
+    try:
+        new.save_pretrained(tmp, safe_serialization=True)
+        lm.tokenizer.save_pretrained(tmp)
+        info = {"source_model": lm.name, "strength": strength, "sites": steering.sites, "folded_shifts": sorted(shifts),
+                "scale_only": scale_only, "max_abs_logit_diff_vs_hooked": diff}
+        (tmp / "lineas_export.json").write_text(json.dumps(info, indent=2))
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    logger.info("exported to %s (max |logit diff| vs hooked %.2e)", out, diff)
+    return info

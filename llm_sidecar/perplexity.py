@@ -1,0 +1,56 @@
+"""Perplexity of a (possibly steered) model on neutral text: exp of the mean token negative
+log-likelihood over the whole corpus (right padding, padding masked out)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from typing import Sequence
+
+import torch
+
+from lineas_engine import steered
+
+from .models import LoadedModel
+from .progress import progress
+
+__all__ = ["perplexity"]
+
+logger = logging.getLogger(__name__)
+
+
+def perplexity(
+    lm: LoadedModel,
+    texts: Sequence[str],
+    *,
+    steering=None,
+    strength: float = 1.0,
+    batch_size: int = 16,
+    max_length: int = 128,
+    show_progress: bool = True,
+    desc: str = "perplexity",
+) -> float:
+    """Corpus perplexity of ``lm`` (under ``steering`` at ``strength``) on ``texts``."""
+    tok, model = lm.tokenizer, lm.model
+    old_side = tok.padding_side
+    tok.padding_side = "right"
+    nll, count = 0.0, 0
+    ctx = steered(model, steering, strength) if steering is not None and strength != 0 else contextlib.nullcontext()
+    start = time.perf_counter()
+    try:
+        with ctx, torch.no_grad():
+            for i in progress(range(0, len(texts), batch_size), desc=desc, enabled=show_progress, unit="batch"):
+                enc = tok(list(texts[i : i + batch_size]), return_tensors="pt", padding=True, truncation=True,
+                          max_length=max_length).to(lm.device)
+                logits = model(**enc).logits.float()
+                target = enc["input_ids"][:, 1:]
+                mask = enc["attention_mask"][:, 1:].bool()
+                logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, target.unsqueeze(-1)).squeeze(-1)
+                nll -= logp[mask].sum().item()
+                count += int(mask.sum())
+    finally:
+        tok.padding_side = old_side
+    logger.info("perplexity on %d texts (%d tokens) in %.1f s", len(texts), count, time.perf_counter() - start)
+    return math.exp(nll / max(count, 1))

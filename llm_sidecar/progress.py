@@ -1,0 +1,52 @@
+"""Progress bars on stderr (tqdm), silenced with ``LINEAS_NO_PROGRESS=1`` or ``enabled=False``."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Iterable, TypeVar
+
+__all__ = ["progress", "progress_enabled", "progress_bar"]
+
+T = TypeVar("T")
+
+
+def progress_enabled() -> bool:
+    return os.environ.get("LINEAS_NO_PROGRESS", "") in ("", "0")
+
+
+def progress(it: Iterable[T], desc: str = "", enabled: bool = True, **kw) -> Iterable[T]:
+    if not (enabled and progress_enabled()):
+        return it
+    try:
+        from tqdm.auto import tqdm  # noqa: PLC0415
+    except ImportError:
+        return it
+    return tqdm(it, desc=desc, file=sys.stderr, dynamic_ncols=True, leave=False, **kw)
+
+
+class progress_bar:  # noqa: N801 - used as a context manager like tqdm
+    """``with progress_bar(steps, "train") as on_step: fit(..., on_step=on_step)``: a tqdm bar on stderr
+    that shows the loss (a no-op callback when progress is disabled)."""
+
+    def __init__(self, total: int, desc: str = ""):
+        self.total, self.desc, self.bar = total, desc, None
+
+    def __enter__(self):
+        if progress_enabled():
+            try:
+                from tqdm.auto import tqdm  # noqa: PLC0415
+
+                self.bar = tqdm(total=self.total, desc=self.desc, file=sys.stderr, dynamic_ncols=True, leave=False)
+            except ImportError:
+                self.bar = None
+        return self
+
+    def __call__(self, step: int, loss: float) -> None:
+        if self.bar is not None:
+            self.bar.update(step - self.bar.n)
+            self.bar.set_postfix(loss=f"{loss:.4g}")
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.close()
