@@ -158,7 +158,9 @@ def frozen(root: nn.Module) -> Iterator[None]:
     finally:
         for p, flag in flags:
             if p.requires_grad != flag:
-                p.requires_grad_(flag)
+                # inference tensors (e.g. weights a host loaded under inference_mode) only take the flag back there
+                with torch.inference_mode() if p.is_inference() else contextlib.nullcontext():
+                    p.requires_grad_(flag)
         root.train(was_training)
 
 
@@ -366,7 +368,7 @@ def fit(
             eval_after = evaluate_loss(root, steering, forward, eval_source, tgt, config=cfg,
                                        target_groups=tgt_groups)
     seconds = time.perf_counter() - t0
-    logger.info("trained %d steps in %.1f s: loss %.4g -> %.4g", cfg.steps, seconds, losses[0], losses[-1])
+    logger.info("trained %d steps in %.1f s: loss %.4g -> %.4g", len(losses), seconds, losses[0], losses[-1])
     return TrainResult(losses=losses, eval_before=eval_before, eval_after=eval_after, seconds=seconds,
                        steps=len(losses), support=steering.support(), target_acts=target_acts,
                        eval_curve=eval_curve, target_seconds=target_seconds, last_site=stop)

@@ -1,0 +1,77 @@
+"""Steering files in ComfyUI's folders: the "lineas" folder type (models/lineas and output/lineas, and
+any `lineas:` entry of extra_model_paths.yaml), safe names, atomic saves."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from ..lineas_engine import LineasError, load_steering, save_steering
+from ._steering_ref import SteeringRef
+
+FOLDER = "lineas"
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_. -]{0,100}")
+
+
+def register_folder() -> None:
+    """Called once when ComfyUI loads the pack (not at import)."""
+    import folder_paths
+
+    paths = [os.path.join(folder_paths.models_dir, FOLDER), os.path.join(folder_paths.get_output_directory(), FOLDER)]
+    if FOLDER in folder_paths.folder_names_and_paths:
+        known, exts = folder_paths.folder_names_and_paths[FOLDER]
+        folder_paths.folder_names_and_paths[FOLDER] = (known + [p for p in paths if p not in known],
+                                                       exts | {".safetensors"})
+    else:
+        folder_paths.folder_names_and_paths[FOLDER] = (paths, {".safetensors"})
+
+
+def list_files() -> list[str]:
+    import folder_paths
+
+    register_folder()
+    return folder_paths.get_filename_list(FOLDER)
+
+
+def check_name(name: str) -> str:
+    name = (name or "").strip()
+    if name.endswith(".safetensors"):
+        name = name[: -len(".safetensors")]
+    if not _NAME.fullmatch(name) or ".." in name:
+        raise LineasError(f"steering name {name!r} is not allowed: use letters, digits, '_', '-', '.', spaces "
+                          "(no folders, no '..'), e.g. my_style")
+    return name
+
+
+def save_ref(ref: SteeringRef, name: str) -> Path:
+    """Save into output/lineas/<name>_NNNNN.safetensors (never overwrites; atomic)."""
+    import folder_paths
+
+    name = check_name(name)
+    out_dir = Path(folder_paths.get_output_directory()) / FOLDER
+    out_dir.mkdir(parents=True, exist_ok=True)
+    existing = {p.name for p in out_dir.iterdir()}
+    counter = 1
+    while f"{name}_{counter:05d}.safetensors" in existing:
+        counter += 1
+    path = out_dir / f"{name}_{counter:05d}.safetensors"
+    if path.resolve().parent != out_dir.resolve():
+        raise LineasError(f"steering name {name!r} would leave the output folder")
+    save_steering(path, ref.steering, fingerprint={**ref.fingerprint, "architecture": ref.architecture},
+                  config=ref.config, training=ref.training, extra={"name": name})
+    return path
+
+
+def load_ref(filename: str) -> SteeringRef:
+    import folder_paths
+
+    register_folder()
+    path = folder_paths.get_full_path(FOLDER, filename)
+    if path is None:
+        raise LineasError(f"steering file {filename!r} not found in the lineas folders "
+                          f"({', '.join(folder_paths.get_folder_paths(FOLDER))})")
+    steering, meta = load_steering(path)
+    return SteeringRef(steering=steering, architecture=meta.fingerprint.get("architecture", "unknown"),
+                       fingerprint=meta.fingerprint, training=meta.training, config=meta.config,
+                       name=Path(filename).stem)

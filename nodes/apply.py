@@ -1,0 +1,35 @@
+"""LineasApply: a clone of the MODEL with a steering applied (hooks or folded weights)."""
+
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from ._patcher import apply_steering
+from ._types import Steering
+
+
+class LineasApply(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LineasApply",
+            display_name="LinEAS Apply Steering",
+            category="lineas",
+            description="Apply a LinEAS steering to a model (a patched clone; the input model is untouched). "
+                        "Stackable.",
+            inputs=[
+                io.Model.Input("model"),
+                Steering.Input("steering"),
+                io.Float.Input("strength", default=1.0, min=-10.0, max=10.0, step=0.05),
+                io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.01),
+                io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01),
+                io.Boolean.Input("invert", default=False, tooltip="apply the inverse map (add the concept instead)"),
+                io.Combo.Input("mode", options=["hooks", "fold"], default="hooks",
+                               tooltip="fold: bake into the norm weights (no run-time cost, whole schedule)"),
+            ],
+            outputs=[io.Model.Output()],
+        )
+
+    @classmethod
+    def execute(cls, model, steering, strength, start_percent, end_percent, invert, mode) -> io.NodeOutput:
+        return io.NodeOutput(apply_steering(model, steering, strength, start_percent, end_percent, invert, mode))

@@ -1,0 +1,98 @@
+"""LineasTrainStyle: learn a style steering from a target image set (and the model's own images as
+source), save it, and return it with a loss curve and a summary."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from comfy_api.latest import io
+
+from ._files import save_ref
+from ._images import RESIZE_MODES, conform, load_folder, resolve_folder
+from ._plots import line_plot
+from ._training import PRESETS, train_style
+from ._types import Steering
+
+logger = logging.getLogger(__name__)
+
+
+def _images(folder: str, images, resolution: int, resize: str, what: str) -> torch.Tensor:
+    import folder_paths
+
+    if images is not None:
+        return conform(images, resolution, resize, what=f"the {what} IMAGE input")
+    return load_folder(resolve_folder(folder, folder_paths.get_input_directory()), resolution, resize)
+
+
+class LineasTrainStyle(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LineasTrainStyle",
+            display_name="LinEAS Train Style Steering",
+            category="lineas",
+            description="Learn per-channel affine maps on the diffusion model's norm layers so that its "
+                        "activations on the source images match those on the target style images.",
+            inputs=[
+                io.Model.Input("model"),
+                io.Vae.Input("vae"),
+                io.String.Input("target_folder", default="", tooltip="folder of style images (absolute or in input/)"),
+                io.String.Input("source_folder", default="", tooltip="folder of source images (or connect source_images)"),
+                io.Int.Input("steps", default=200, min=1, max=100000),
+                io.Float.Input("learning_rate", default=0.01, min=1e-6, max=10.0, step=1e-4),
+                io.Combo.Input("optimizer", options=["adamw", "adam", "sgd"], default="adamw"),
+                io.Float.Input("sparsity", default=0.0, min=0.0, max=100.0, step=0.01,
+                               tooltip="gamma of the sparse group lasso (0 = dense)"),
+                io.Combo.Input("sites", options=list(PRESETS), default="all norms"),
+                io.String.Input("custom_regex", default="", tooltip="regex on module names (filters the preset)"),
+                io.Float.Input("noise_start", default=0.2, min=0.0, max=1.0, step=0.01,
+                               tooltip="first noise level, as a percent of the schedule (0 = pure noise)"),
+                io.Float.Input("noise_end", default=0.9, min=0.0, max=1.0, step=0.01),
+                io.Int.Input("noise_levels", default=4, min=1, max=32),
+                io.Int.Input("resolution", default=512, min=16, max=4096, step=8),
+                io.Combo.Input("resize", options=list(RESIZE_MODES), default="crop"),
+                io.Int.Input("batch_size", default=16, min=2, max=4096),
+                io.Int.Input("micro_batch", default=0, min=0, max=4096,
+                             tooltip="bound memory: run the batch in chunks of this size (0 = all at once)"),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF),
+                io.String.Input("name", default="style"),
+                io.Image.Input("target_images", optional=True),
+                io.Image.Input("source_images", optional=True),
+                io.Conditioning.Input("conditioning", optional=True, tooltip="fixed conditioning (default: zeros)"),
+            ],
+            outputs=[Steering.Output(display_name="STEERING"), io.Image.Output(display_name="loss_curve"),
+                     io.String.Output(display_name="summary")],
+            hidden=[io.Hidden.unique_id],
+            not_idempotent=False,
+        )
+
+    @classmethod
+    def execute(cls, model, vae, target_folder, source_folder, steps, learning_rate, optimizer, sparsity, sites,
+                custom_regex, noise_start, noise_end, noise_levels, resolution, resize, batch_size, micro_batch, seed,
+                name, target_images=None, source_images=None, conditioning=None) -> io.NodeOutput:
+        import comfy.model_management as mm
+        import comfy.utils
+
+        from ._files import check_name
+
+        check_name(name)
+        pbar = comfy.utils.ProgressBar(steps, node_id=cls.hidden.unique_id)
+
+        def on_step(step, loss):
+            mm.throw_exception_if_processing_interrupted()
+            pbar.update_absolute(step, steps)
+
+        with torch.inference_mode(False), torch.enable_grad():
+            tgt = _images(target_folder, target_images, resolution, resize, "target").clone()
+            src = _images(source_folder, source_images, resolution, resize, "source").clone()
+            ref, result = train_style(model, vae, tgt, src, conditioning, steps=steps, lr=learning_rate,
+                                      optimizer=optimizer, sparsity=sparsity, preset=sites, regex=custom_regex,
+                                      noise_start=noise_start, noise_end=noise_end, levels=noise_levels,
+                                      batch_size=batch_size, micro_batch=micro_batch, seed=seed, on_step=on_step,
+                                      name=name)
+        path = save_ref(ref, name)
+        summary = (f"{ref.describe()}\nloss {result.losses[0]:.4g} -> {result.losses[-1]:.4g} in {result.steps} steps "
+                   f"({result.seconds:.1f} s); {tgt.shape[0]} target / {src.shape[0]} source images x "
+                   f"{noise_levels} noise levels\nsaved {path.name}")
+        return io.NodeOutput(ref, line_plot(result.losses, f"LinEAS loss: {name}"), summary)
