@@ -33,7 +33,8 @@ def _ints(s: str) -> list[int]:
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="hub id, local HF folder, .gguf file, or embedded: smollm2, gemma3-270m")
+    p.add_argument("--model", required=True,
+                   help="hub id, local HF folder, .gguf file, or embedded: smollm2, gemma3-270m")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1 ...")
     p.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16")
 
@@ -114,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="offline end-to-end demo on the embedded SmolLM2-135M-Instruct")
     d.add_argument("--model", default="smollm2", help=argparse.SUPPRESS)
     d.add_argument("--n", type=int, default=32)
-    d.add_argument("--steps", type=int, default=150)
+    d.add_argument("--steps", type=int, default=100)
     d.add_argument("--eval-prompts", type=int, default=64)
     d.add_argument("--neutral", type=int, default=100)
     d.add_argument("--out", default=None, help="keep the steering file here")

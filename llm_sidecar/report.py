@@ -58,7 +58,9 @@ def write_report(out_dir: str | os.PathLike, rows: Sequence[StrengthResult], met
     try:
         d.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise LineasError(f"cannot create report folder {str(d)!r} ({e.strerror}); choose a writable --report") from None
+        raise LineasError(
+            f"cannot create report folder {str(d)!r} ({e.strerror}); choose a writable --report"
+        ) from None
     if not os.access(d, os.W_OK):
         raise LineasError(f"report folder {str(d)!r} is not writable; choose another --report")
     paths = {"json": d / "results.json", "md": d / "results.md", "png": d / "toxicity_vs_perplexity.png"}

@@ -11,8 +11,14 @@ import uuid
 
 import torch
 
-from ..lineas_engine import IncompatibleSteeringError, LineasError, Steering, attach, check_compatible
-from ..lineas_engine import folded_parameters
+from ..lineas_engine import (
+    IncompatibleSteeringError,
+    LineasError,
+    Steering,
+    attach,
+    check_compatible,
+    folded_parameters,
+)
 from ._steering_ref import SteeringRef
 
 __all__ = ["architecture_of", "diffusion_model_of", "check_fits", "apply_steering"]

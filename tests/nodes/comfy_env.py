@@ -29,7 +29,8 @@ def comfy_available() -> tuple[bool, str]:
 def make_base_dir(base: Path) -> Path:
     """ComfyUI base directory with the tiny checkpoint, our pack in an extra custom_nodes folder, and the
     yaml that points ComfyUI at them."""
-    for sub in ("models/checkpoints", "models/lineas", "input", "output", "user", "temp", "custom_nodes", "extra_nodes"):
+    for sub in ("models/checkpoints", "models/lineas", "input", "output", "user", "temp", "custom_nodes",
+                "extra_nodes"):
         (base / sub).mkdir(parents=True, exist_ok=True)
     link = base / "extra_nodes" / PACK_NAME
     if not link.exists():
@@ -73,6 +74,7 @@ class InProcessComfy:
         if not target.exists():
             target.symlink_to(ckpt)
         import execution
+
         import nodes
 
         asyncio.run(nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))

@@ -34,7 +34,8 @@ def trained(comfy, style_dirs):
     g = base_graph(seed=11)
     g["train"] = train_node(str(style_dirs / "illustration"), source=["dec", 0], steps=6, name="fixture")
     g["show"] = {"class_type": "PreviewImage", "inputs": {"images": ["train", 1]}}
-    before = set((comfy.output_dir / "lineas").glob("*.safetensors")) if (comfy.output_dir / "lineas").exists() else set()
+    out_dir = comfy.output_dir / "lineas"
+    before = set(out_dir.glob("*.safetensors")) if out_dir.exists() else set()
     comfy.run(g)
     new = sorted(set((comfy.output_dir / "lineas").glob("fixture_*.safetensors")) - before)
     assert len(new) == 1

@@ -10,7 +10,6 @@ import json
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-LINK_TYPES_ARE_UPPER = True
 
 
 def _defs(node_classes: dict, class_type: str) -> list[tuple[str, object, dict, bool]]:
@@ -35,7 +34,7 @@ def api_to_ui(prompt: dict, node_classes: dict, positions: dict | None = None) -
     links, nodes = [], []
     out_links: dict[tuple[int, int], list[int]] = {}
     for key, node in prompt.items():
-        for name, typ, opts, is_widget in _defs(node_classes, node["class_type"]):
+        for name, _typ, _opts, _widget in _defs(node_classes, node["class_type"]):
             v = node["inputs"].get(name)
             if isinstance(v, list) and len(v) == 2 and isinstance(v[0], str) and v[0] in ids:
                 lid = len(links) + 1
@@ -56,8 +55,6 @@ def api_to_ui(prompt: dict, node_classes: dict, positions: dict | None = None) -
                 widgets.append(v if v is not None else opts.get("default"))
                 if opts.get("control_after_generate"):
                     widgets.append("fixed")
-            elif not opts.get("optional", False) and name in node["inputs"]:
-                inputs.append({"name": name, "type": typ, "link": None})
             else:
                 inputs.append({"name": name, "type": typ, "link": None})
         outputs = [{"name": t, "type": t, "links": out_links.get((nid, i), []), "slot_index": i}
@@ -65,11 +62,7 @@ def api_to_ui(prompt: dict, node_classes: dict, positions: dict | None = None) -
         pos = (positions or {}).get(key, [40 + 330 * (order % 5), 60 + 360 * (order // 5)])
         nodes.append({"id": nid, "type": node["class_type"], "pos": pos, "size": [300, 130], "flags": {},
                       "order": order, "mode": 0, "inputs": inputs, "outputs": outputs,
-                      "properties": {"Node name for S&R": node["class_type"]},
-                      "widgets_values": [w for w in widgets], "title": node.get("_meta", {}).get("title")})
-    for n in nodes:
-        if n["title"] is None:
-            del n["title"]
+                      "properties": {"Node name for S&R": node["class_type"]}, "widgets_values": widgets})
     # links in the UI format: [id, origin_id, origin_slot, target_id, target_slot_index, type]
     ui_links = []
     for lid, src, slot, dst, name, typ in links:
@@ -90,7 +83,7 @@ def ui_to_api(workflow: dict, node_classes: dict) -> dict:
         inputs: dict = {}
         linked = {inp["name"]: inp["link"] for inp in n.get("inputs", []) if inp.get("link") is not None}
         values = list(n.get("widgets_values") or [])
-        for name, typ, opts, is_widget in _defs(node_classes, n["type"]):
+        for name, _typ, opts, is_widget in _defs(node_classes, n["type"]):
             if is_widget:
                 v = values.pop(0) if values else opts.get("default")
                 if opts.get("control_after_generate") and values:
@@ -106,21 +99,22 @@ def ui_to_api(workflow: dict, node_classes: dict) -> dict:
 
 def _workflows() -> dict[str, tuple[dict, dict]]:
     ck = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "v1-5-pruned-emaonly.safetensors"}}
-    pos = {"class_type": "CLIPTextEncode", "inputs": {"clip": ["ckpt", 1], "text": "a photo of a lighthouse by the sea"}}
+    pos = {"class_type": "CLIPTextEncode",
+           "inputs": {"clip": ["ckpt", 1], "text": "a photo of a lighthouse by the sea"}}
     neg = {"class_type": "CLIPTextEncode", "inputs": {"clip": ["ckpt", 1], "text": ""}}
 
     def ks(model, latent, seed=42):
-        return {"class_type": "KSampler", "inputs": {"model": model, "positive": ["pos", 0], "negative": ["neg", 0],
-                                                      "latent_image": latent, "seed": seed, "steps": 20, "cfg": 7.0,
-                                                      "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}}
+        return {"class_type": "KSampler", "inputs": {
+            "model": model, "positive": ["pos", 0], "negative": ["neg", 0], "latent_image": latent, "seed": seed,
+            "steps": 20, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}}
 
     def dec(src):
         return {"class_type": "VAEDecode", "inputs": {"samples": [src, 0], "vae": ["ckpt", 2]}}
 
     def apply(model, steering, strength):
-        return {"class_type": "LineasApply", "inputs": {"model": model, "steering": steering, "strength": strength,
-                                                        "start_percent": 0.0, "end_percent": 1.0, "invert": False,
-                                                        "mode": "hooks"}}
+        return {"class_type": "LineasApply", "inputs": {
+            "model": model, "steering": steering, "strength": strength, "start_percent": 0.0, "end_percent": 1.0,
+            "invert": False, "mode": "hooks"}}
 
     train = {
         "ckpt": ck, "pos": pos, "neg": neg,
@@ -137,11 +131,13 @@ def _workflows() -> dict[str, tuple[dict, dict]]:
         "latent": {"class_type": "EmptyLatentImage", "inputs": {"width": 512, "height": 512, "batch_size": 2}},
         "base_ks": ks(["ckpt", 0], ["latent", 0]),
         "base_dec": dec("base_ks"),
-        "base_save": {"class_type": "SaveImage", "inputs": {"images": ["base_dec", 0], "filename_prefix": "lineas/unsteered"}},
+        "base_save": {"class_type": "SaveImage",
+                      "inputs": {"images": ["base_dec", 0], "filename_prefix": "lineas/unsteered"}},
         "apply": apply(["ckpt", 0], ["train", 0], 1.0),
         "st_ks": ks(["apply", 0], ["latent", 0]),
         "st_dec": dec("st_ks"),
-        "st_save": {"class_type": "SaveImage", "inputs": {"images": ["st_dec", 0], "filename_prefix": "lineas/steered"}},
+        "st_save": {"class_type": "SaveImage",
+                    "inputs": {"images": ["st_dec", 0], "filename_prefix": "lineas/steered"}},
     }
     sweep = {"ckpt": ck, "pos": pos, "neg": neg,
              "load": {"class_type": "LineasLoad", "inputs": {"steering_name": "my_style.safetensors"}},
@@ -157,15 +153,16 @@ def _workflows() -> dict[str, tuple[dict, dict]]:
     combine = {"ckpt": ck, "pos": pos, "neg": neg,
                "load_a": {"class_type": "LineasLoad", "inputs": {"steering_name": "my_style.safetensors"}},
                "load_b": {"class_type": "LineasLoad", "inputs": {"steering_name": "other_style.safetensors"}},
-               "combine": {"class_type": "LineasCombine", "inputs": {"first": ["load_a", 0], "second": ["load_b", 0],
-                                                                     "first_strength": 1.0, "second_strength": 1.0}},
+               "combine": {"class_type": "LineasCombine", "inputs": {
+                   "first": ["load_a", 0], "second": ["load_b", 0], "first_strength": 1.0, "second_strength": 1.0}},
                "inspect": {"class_type": "LineasInspect", "inputs": {"steering": ["combine", 0]}},
                "plot": {"class_type": "PreviewImage", "inputs": {"images": ["inspect", 0]}},
                "latent": {"class_type": "EmptyLatentImage", "inputs": {"width": 512, "height": 512, "batch_size": 1}},
                "apply": apply(["ckpt", 0], ["combine", 0], 1.0),
                "ks": ks(["apply", 0], ["latent", 0]),
                "dec": dec("ks"),
-               "save": {"class_type": "SaveImage", "inputs": {"images": ["dec", 0], "filename_prefix": "lineas/combined"}}}
+               "save": {"class_type": "SaveImage",
+                        "inputs": {"images": ["dec", 0], "filename_prefix": "lineas/combined"}}}
     return {"lineas_train_style.json": train, "lineas_strength_sweep.json": sweep, "lineas_combine.json": combine}
 
 

