@@ -12,22 +12,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
-
-def _timeit(fn, repeats):
-    out = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return out
+from bench.timing import ratio_table, timeit
 
 
 def main(argv=None) -> int:
@@ -85,14 +76,12 @@ def main(argv=None) -> int:
 
         times = {"plain fwd+bwd": [], "lineas step": []}
         for _ in range(args.repeats):
-            times["plain fwd+bwd"] += _timeit(plain_step, 1)
-            times["lineas step"] += _timeit(lineas_step, 1)
+            times["plain fwd+bwd"] += timeit(plain_step, 1)
+            times["lineas step"] += timeit(lineas_step, 1)
     print(f"UNet {sum(p.numel() for p in dm.parameters()) / 1e6:.1f}M params, {len(specs)} sites, batch {args.batch} "
           f"x 8x8 latents, threads {torch.get_num_threads()}, loadavg {os.getloadavg()[0]:.2f}")
-    b = min(times["plain fwd+bwd"])
     print(f"\n(a) training step, min of {args.repeats} (median), seconds")
-    for k, v in times.items():
-        print(f"  {k:24s} {min(v):7.3f} [{statistics.median(v):7.3f}]  ratio {min(v) / b:5.3f}")
+    print(ratio_table(times, "plain fwd+bwd", 24))
 
     with torch.no_grad():
         for s in steering.sites:
@@ -115,12 +104,10 @@ def main(argv=None) -> int:
     stimes = {k: [] for k in variants}
     for _ in range(args.repeats):
         for k, m in variants.items():
-            stimes[k] += _timeit(sample(m), 1)
-    sb = min(stimes["none"])
+            stimes[k] += timeit(sample(m), 1)
     print(f"\n(b) sampling {args.sample_steps} steps, batch 2, min of {args.repeats} (median), seconds "
           f"(folded vs hooked latents, max rel diff {diff:.1e})")
-    for k, v in stimes.items():
-        print(f"  {k:24s} {min(v):7.3f} [{statistics.median(v):7.3f}]  ratio {min(v) / sb:5.3f}")
+    print(ratio_table(stimes, "none", 24))
     print(f"\nloadavg at end {os.getloadavg()[0]:.2f}")
     return 0
 

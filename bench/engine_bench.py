@@ -14,11 +14,10 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import statistics
-import time
 
 import torch
 
+from bench.timing import ratio_table, timeit
 from lineas_engine import Steering, TrainConfig, find_sites, fit, fold_, site_specs, steered
 
 
@@ -35,7 +34,7 @@ def _texts(n: int) -> list[str]:
     return [f"Sentence number {i} is a plain sentence about the weather and the sea." for i in range(n)]
 
 
-def _timeit(fn, repeats: int) -> list[float]:
+def timeit(fn, repeats: int) -> list[float]:
     out = []
     for _ in range(repeats):
         t = time.perf_counter()
@@ -96,11 +95,9 @@ def main(argv=None) -> int:
     times = {k: [] for k in variants}
     for _ in range(args.repeats):
         for k, fn in variants.items():
-            times[k] += _timeit(fn, 1)
-    base = min(times["plain fwd+bwd"])
+            times[k] += timeit(fn, 1)
     print("\n(a) training step, min of", args.repeats, "(median in brackets), seconds")
-    for k, v in times.items():
-        print(f"  {k:40s} {min(v):7.3f} [{statistics.median(v):7.3f}]  ratio {min(v)/base:5.3f}")
+    print(ratio_table(times, "plain fwd+bwd"))
     keys = list(times)
     for stop_key, full_key in ((keys[1], keys[2]), (keys[3], keys[4])):
         which = stop_key.split(",")[1].strip() if "," in stop_key else "all sites"
@@ -135,12 +132,10 @@ def main(argv=None) -> int:
     itimes = {k: [] for k in inf}
     for _ in range(max(5, 2 * args.repeats)):
         for k, fn in inf.items():
-            itimes[k] += _timeit(fn, 1)
-    ib = min(itimes["base"])
+            itimes[k] += timeit(fn, 1)
     print(f"\n(b) inference forward, min of {len(itimes['base'])}, seconds "
           f"(folded vs hooked logits max diff {diff:.2e})")
-    for k, v in itimes.items():
-        print(f"  {k:40s} {min(v):7.3f} [{statistics.median(v):7.3f}]  ratio {min(v)/ib:5.3f}")
+    print(ratio_table(itimes, "base"))
     print(f"\nloadavg at end {os.getloadavg()[0]:.2f}")
     return 0
 
