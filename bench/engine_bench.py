@@ -34,15 +34,6 @@ def _texts(n: int) -> list[str]:
     return [f"Sentence number {i} is a plain sentence about the weather and the sea." for i in range(n)]
 
 
-def timeit(fn, repeats: int) -> list[float]:
-    out = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return out
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench engine", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
