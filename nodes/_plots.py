@@ -11,6 +11,10 @@ def _to_image(img) -> torch.Tensor:
 
 
 def line_plot(values: list[float], title: str, width: int = 512, height: int = 320) -> torch.Tensor:
+    return _to_image(line_plot_pil(values, title, width, height))
+
+
+def line_plot_pil(values: list[float], title: str, width: int = 512, height: int = 320):
     from PIL import Image, ImageDraw
 
     img = Image.new("RGB", (width, height), "white")
@@ -28,7 +32,7 @@ def line_plot(values: list[float], title: str, width: int = 512, height: int = 3
         d.text((4, top), f"{hi:.3g}", fill=(0, 0, 0))
         d.text((4, bottom - 10), f"{lo:.3g}", fill=(0, 0, 0))
         d.text((right - 60, bottom + 8), f"step {len(values)}", fill=(0, 0, 0))
-    return _to_image(img)
+    return img
 
 
 def bar_plot(labels: list[str], values: list[float], support: list[float], title: str,

@@ -10,7 +10,7 @@ from comfy_api.latest import io
 
 from ._files import save_ref
 from ._images import RESIZE_MODES, conform, load_folder, resolve_folder
-from ._plots import line_plot
+from ._plots import line_plot, line_plot_pil
 from ._training import PRESETS, train_style
 from ._types import Steering
 
@@ -79,10 +79,16 @@ class LineasTrainStyle(io.ComfyNode):
 
         check_name(name)
         pbar = comfy.utils.ProgressBar(steps, node_id=cls.hidden.unique_id)
+        losses: list[float] = []
+        every = max(1, steps // 40)
 
-        def on_step(step, loss):
+        def on_step(step, loss):  # progress in the UI, with the loss curve as the node's live preview
             mm.throw_exception_if_processing_interrupted()
-            pbar.update_absolute(step, steps)
+            losses.append(loss)
+            preview = None
+            if step % every == 0 or step == steps:
+                preview = ("JPEG", line_plot_pil(losses, f"{name}: step {step}/{steps}, loss {loss:.4g}"), 512)
+            pbar.update_absolute(step, steps, preview)
 
         with torch.inference_mode(False), torch.enable_grad():
             tgt = _images(target_folder, target_images, resolution, resize, "target").clone()
