@@ -45,6 +45,9 @@ def test_round_trip_exact(tmp_path):
                           config={"lr": 0.1}, training={"steps": 3}, extra={"note": "hi"})
     assert path.read_bytes() == again.read_bytes()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_atomic_write_keeps_old_file_on_failure(tmp_path):
