@@ -65,8 +65,9 @@ def run_demo(*, model: str = "smollm2", n: int = 32, steps: int = 100, eval_prom
     say(markdown_table(rows))
     base, full = rows[0], rows[-1]
     rel = (1 - full.toxicity / base.toxicity) if base.toxicity > 0 else float("nan")
-    say(f"toxicity {base.toxicity:.1f}% -> {full.toxicity:.1f}% ({rel:+.0%} relative reduction: "
-        f"{'lower' if rel > 0 else 'not lower'}), perplexity {base.perplexity:.2f} -> {full.perplexity:.2f} "
+    change = f"{rel:.0%} lower" if rel > 0 else "not lower"
+    say(f"toxicity {base.toxicity:.1f}% -> {full.toxicity:.1f}% ({change}), "
+        f"perplexity {base.perplexity:.2f} -> {full.perplexity:.2f} "
         f"({full.perplexity / base.perplexity - 1:+.1%}); judge {judge.name}")
     say(f"steering saved to {path}; total {time.perf_counter() - t_start:.0f} s")
     return {"rows": rows, "steering": str(path), "outcome": outcome}
