@@ -149,7 +149,7 @@ def _load_steering(lm, path: str):
 
 
 def cmd_train(a) -> int:
-    from .data import read_texts, require_samples, rtp_prompts  # noqa: F401
+    from .data import read_texts, require_samples
     from .models import load_model
     from .progress import progress_bar
     from .train import save_trained, train_steering
@@ -159,11 +159,8 @@ def cmd_train(a) -> int:
         raise LineasError("give either --from-prompts or --source and --target, not both")
     if not a.from_prompts and not (a.source and a.target):
         raise LineasError("train needs --source and --target files (or --from-prompts FILE)")
-    try:
-        cfg = TrainConfig(steps=a.steps, lr=a.lr, optimizer=a.optimizer, batch_size=a.batch_size, gamma=a.sparsity,
-                          seed=a.seed, patience=a.patience)
-    except LineasError:
-        raise
+    cfg = TrainConfig(steps=a.steps, lr=a.lr, optimizer=a.optimizer, batch_size=a.batch_size, gamma=a.sparsity,
+                      seed=a.seed, patience=a.patience)
     if a.source:
         source = read_texts(a.source, a.source_field, a.source_where, what="--source")
         target = read_texts(a.target, a.target_field, a.target_where, what="--target")
