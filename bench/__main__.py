@@ -1,5 +1,6 @@
 """Benchmarks: ``python -m bench engine [...]`` (engine on a real LLM), ``python -m bench comfy [...]``
-(ComfyUI node pack); each prints ratios measured in one run on this machine."""
+(ComfyUI node pack), ``python -m bench llm-speed [...]`` (generation: base / hooked / exported); each
+prints ratios measured in one run on this machine."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import importlib
 import logging
 import sys
 
-BENCHES = {"engine": "bench.engine_bench", "comfy": "bench.comfy_bench"}
+BENCHES = {"engine": "bench.engine_bench", "comfy": "bench.comfy_bench", "llm-speed": "bench.llm.speed"}
 
 
 def main(argv: list[str] | None = None) -> int:

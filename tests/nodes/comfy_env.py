@@ -41,24 +41,32 @@ def make_base_dir(base: Path) -> Path:
     return yaml
 
 
-class InProcessComfy:
-    """ComfyUI's own executor, in this process (comfyui.md §8.6)."""
+def import_comfy(base: Path | None = None) -> None:
+    """Make the installed ComfyUI importable in this process, on the CPU (comfyui.md pitfall 4): call before
+    anything imports comfy.model_management; with ``base``, also before anything imports folder_paths."""
+    if str(COMFY) not in sys.path:
+        sys.path.insert(0, str(COMFY))
+    import comfy.options
 
-    def __init__(self, base: Path):
-        self.base = base
-        yaml = make_base_dir(base)
-        if str(COMFY) not in sys.path:
-            sys.path.insert(0, str(COMFY))
-        import comfy.options
+    comfy.options.enable_args_parsing(False)
+    from comfy.cli_args import args
 
-        comfy.options.enable_args_parsing(False)
-        from comfy.cli_args import args
-
-        args.cpu = True
-        args.fp32_text_enc = True
+    args.cpu = True
+    args.fp32_text_enc = True
+    if base is not None:
         args.base_directory = str(base)
         args.output_directory = str(base / "output")
         args.input_directory = str(base / "input")
+
+
+class InProcessComfy:
+    """ComfyUI's own executor, in this process (comfyui.md §8.6). ``tiny_checkpoint=False`` skips building
+    the tests' random checkpoint (callers then link their own into ``base/models/checkpoints``)."""
+
+    def __init__(self, base: Path, tiny_checkpoint: bool = True):
+        self.base = base
+        yaml = make_base_dir(base)
+        import_comfy(base)
         import folder_paths
 
         folder_paths.set_output_directory(str(base / "output"))
@@ -67,12 +75,13 @@ class InProcessComfy:
         from utils.extra_config import load_extra_path_config
 
         load_extra_path_config(str(yaml))
-        from tests.nodes.tiny_checkpoint import ensure_checkpoint
+        if tiny_checkpoint:
+            from tests.nodes.tiny_checkpoint import ensure_checkpoint
 
-        ckpt = ensure_checkpoint(CACHE / CKPT)
-        target = base / "models" / "checkpoints" / CKPT
-        if not target.exists():
-            target.symlink_to(ckpt)
+            ckpt = ensure_checkpoint(CACHE / CKPT)
+            target = base / "models" / "checkpoints" / CKPT
+            if not target.exists():
+                target.symlink_to(ckpt)
         import execution
 
         import nodes

@@ -1,0 +1,149 @@
+"""``python -m bench.diffusion train --out DIR`` (the recipe; a tiny check: ``--vae-steps 20 --unet-steps
+20``), ``python -m bench.diffusion sample --ckpt FILE --out grid.png`` (through ComfyUI's nodes),
+``python -m bench.diffusion time`` (seconds per training step of each stage, to size a full run).
+Set OMP_NUM_THREADS / --threads to the cores you mean to use."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+
+def _common(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's / OMP_NUM_THREADS)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--vae-steps", type=int)
+    ap.add_argument("--vae-batch", type=int)
+    ap.add_argument("--vae-lr", type=float)
+    ap.add_argument("--unet-steps", type=int)
+    ap.add_argument("--unet-batch", type=int)
+    ap.add_argument("--unet-lr", type=float)
+    ap.add_argument("--unet-middle", type=int, help="-2 none, -1 res block only, >=0 res+transformer(depth)+res")
+    ap.add_argument("--unet-res-blocks", type=int)
+    ap.add_argument("--latent-crops", type=int)
+    ap.add_argument("--limit-per-class", type=int, help="first N images of each folder only (quick checks)")
+    ap.add_argument("--no-bf16", action="store_true", help="train in fp32 (about 2x slower on this CPU)")
+
+
+def _config(args):
+    from bench.diffusion.recipe import RecipeConfig
+
+    cfg = RecipeConfig(seed=args.seed)
+    overrides = (("vae_steps", cfg.vae, "steps"), ("vae_batch", cfg.vae, "batch"), ("vae_lr", cfg.vae, "lr"),
+                 ("unet_steps", cfg.unet, "steps"), ("unet_batch", cfg.unet, "batch"), ("unet_lr", cfg.unet, "lr"),
+                 ("unet_middle", cfg.unet, "middle"), ("unet_res_blocks", cfg.unet, "num_res_blocks"),
+                 ("latent_crops", cfg, "latent_crops"), ("limit_per_class", cfg, "limit_per_class"))
+    for attr, target, name in overrides:
+        if getattr(args, attr) is not None:
+            setattr(target, name, getattr(args, attr))
+    if args.no_bf16:
+        cfg.vae.bf16 = cfg.unet.bf16 = False
+    cfg.vae.log_every = max(1, min(cfg.vae.log_every, cfg.vae.steps // 10 or 1))
+    cfg.unet.log_every = max(1, min(cfg.unet.log_every, cfg.unet.steps // 10 or 1))
+    return cfg
+
+
+def cmd_train(args) -> int:
+    from bench.diffusion.recipe import FILES, run, write_report
+    from bench.diffusion.sample import sample_grid
+
+    cfg = _config(args)
+    out = Path(args.out).expanduser()
+    report = run(cfg, out)
+    if args.samples:
+        report["samples"] = sample_grid(out / FILES["checkpoint"], out / "samples.png", args.samples,
+                                        args.sample_seed, args.sample_steps, judge_path=out / FILES["judge"])
+        write_report(out, report)
+    st = report["stages"]
+    print(f"out: {out}  ({report['seconds']:.1f} s, {report['threads']} threads, "
+          f"load {report['loadavg_start']} -> {report['loadavg_end']})")
+    print(f"split: train {report['split']['train']}  test {report['split']['test']}")
+    v, u, j = st["vae"], st["unet"], st["judge"]
+    print(f"vae:  {v['steps']} steps x {v['batch']}  {v['seconds']:.1f} s  {v['s_per_step']:.3f} s/step "
+          f"(median {v['s_per_step_median']})  test psnr {v['test']['psnr']} dB{'  [cached]' if v['cached'] else ''}")
+    print(f"unet: {u['steps']} steps x {u['batch']}  {u['seconds']:.1f} s  {u['s_per_step']:.3f} s/step "
+          f"(median {u['s_per_step_median']})  last loss {u['loss_curve'][-1][1] if u['loss_curve'] else None}  "
+          f"test eps-mse (EMA) {u.get('eval_eps_mse_ema')}{'  [cached]' if u['cached'] else ''}")
+    print(f"judge: test accuracy round-trip {j['test_roundtrip']}  original {j['test_original']}")
+    print(f"checkpoint: {out / FILES['checkpoint']}  ({st['checkpoint']['bytes'] / 1e6:.0f} MB)")
+    if "samples" in report:
+        s = report["samples"]
+        print(f"samples: {s['grid']}  ({s['seconds']:.1f} s)  judged illustration: "
+              f"{s.get('judged_illustration_fraction')}")
+    return 0
+
+
+def cmd_sample(args) -> int:
+    from bench.diffusion.sample import sample_grid
+
+    res = sample_grid(Path(args.ckpt), Path(args.out), args.n, args.seed, args.steps,
+                      judge_path=Path(args.judge) if args.judge else None)
+    print(json.dumps(res, indent=1))
+    return 0
+
+
+def cmd_time(args) -> int:
+    """Seconds per training step of the VAE and the UNet at the configured batches (real data)."""
+    import os
+
+    from bench.diffusion.data import load_styles
+    from bench.diffusion.unet import train_unet
+    from bench.diffusion.vae import to_latents, train_vae
+
+    cfg = _config(args)
+    cfg.vae.steps = cfg.unet.steps = args.steps
+    cfg.vae.log_every = cfg.unet.log_every = args.steps
+    data = load_styles(Path(cfg.styles), cfg.size, cfg.aug_size, cfg.test_fraction, cfg.seed, cfg.limit_per_class)
+    load0 = os.getloadavg()
+    vae, v = train_vae(data, cfg.vae, cfg.seed)
+    t = time.perf_counter()
+    lat = to_latents(vae, data.x_train)
+    enc = (time.perf_counter() - t) / data.x_train.shape[0]
+    _, u = train_unet(lat, cfg.unet, cfg.seed)
+    print(f"threads {torch.get_num_threads()}  load {[round(x, 2) for x in load0]} -> "
+          f"{[round(x, 2) for x in os.getloadavg()]}  bf16 {cfg.unet.bf16}")
+    print(f"vae  step (batch {cfg.vae.batch}): median {v['s_per_step_median']:.3f} s  mean {v['s_per_step']:.3f} s")
+    print(f"unet step (batch {cfg.unet.batch}, {u['params'] / 1e6:.1f}M params): median "
+          f"{u['s_per_step_median']:.3f} s  mean {u['s_per_step']:.3f} s")
+    print(f"latent encode: {enc * 1000:.1f} ms / image")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from bench.diffusion.recipe import default_out
+
+    ap = argparse.ArgumentParser(prog="python -m bench.diffusion", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    tr = sub.add_parser("train", help="run the recipe (cached stages are reused)")
+    _common(tr)
+    tr.add_argument("--out", default=str(default_out()))
+    tr.add_argument("--samples", type=int, default=16, help="images to generate through ComfyUI at the end (0: none)")
+    tr.add_argument("--sample-seed", type=int, default=0)
+    tr.add_argument("--sample-steps", type=int, default=20)
+    sa = sub.add_parser("sample", help="generate an image grid from a checkpoint through ComfyUI's nodes")
+    sa.add_argument("--ckpt", required=True)
+    sa.add_argument("--out", required=True, help="grid PNG")
+    sa.add_argument("--n", type=int, default=16)
+    sa.add_argument("--seed", type=int, default=0)
+    sa.add_argument("--steps", type=int, default=20)
+    sa.add_argument("--judge", help="judge.safetensors: also report p(illustration) per image")
+    sa.add_argument("--threads", type=int, default=0)
+    ti = sub.add_parser("time", help="seconds per training step (a few steps of each stage)")
+    _common(ti)
+    ti.add_argument("--steps", type=int, default=5)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return {"train": cmd_train, "sample": cmd_sample, "time": cmd_time}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

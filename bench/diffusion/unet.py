@@ -1,0 +1,154 @@
+"""A reduced-depth UNet with SD1.5 key names (ComfyUI's ``openaimodel.UNetModel``; model_channels 320 and
+context_dim 768 are what ComfyUI's SD15 detection requires, the depths are measured from the keys),
+trained unconditionally (cross-attention context all zeros, as ``ConditioningZeroOut`` gives) with SD1.5's
+discrete eps-prediction schedule on precomputed VAE latents."""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from bench.diffusion.comfy_runtime import init_default_, require_comfy
+from bench.diffusion.optim import EMA, adamw
+
+log = logging.getLogger(__name__)
+
+MODEL_CHANNELS, CONTEXT_DIM, CONTEXT_LEN, NUM_HEADS = 320, 768, 77, 8  # fixed by ComfyUI's SD15 config
+TIMESTEPS, BETA_START, BETA_END = 1000, 0.00085, 0.012
+
+
+def alphas_cumprod() -> torch.Tensor:
+    """SD1.5 "scaled linear" betas (float64): linspace(sqrt(0.00085), sqrt(0.012), 1000) ** 2."""
+    betas = torch.linspace(BETA_START**0.5, BETA_END**0.5, TIMESTEPS, dtype=torch.float64) ** 2
+    return torch.cumprod(1 - betas, 0)
+
+
+@dataclass
+class UNetConfig:
+    channel_mult: list[int] = field(default_factory=lambda: [1])
+    num_res_blocks: int = 1
+    transformer_depth: int = 1  # per res block, input and output side
+    middle: int = 1  # -2: no middle block, -1: one res block, >= 0: res + transformer(depth) + res
+    steps: int = 4000
+    batch: int = 32
+    lr: float = 2e-4
+    warmup: int = 200
+    weight_decay: float = 0.0
+    ema: float = 0.999
+    min_snr_gamma: float = 5.0  # loss weight min(SNR, gamma) / SNR (Hang et al. 2023); 0 = plain eps MSE
+    bf16: bool = True  # bf16 autocast for the training forward (fp32 master weights, optimizer and EMA)
+    log_every: int = 100
+
+    def key(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k != "log_every"}
+
+    def arch(self) -> dict:
+        levels = len(self.channel_mult)
+        return dict(image_size=32, in_channels=4, model_channels=MODEL_CHANNELS, out_channels=4,
+                    num_res_blocks=[self.num_res_blocks] * levels, channel_mult=list(self.channel_mult),
+                    num_heads=NUM_HEADS, use_spatial_transformer=True,
+                    transformer_depth=[self.transformer_depth] * (levels * self.num_res_blocks),
+                    transformer_depth_output=[self.transformer_depth] * (levels * (self.num_res_blocks + 1)),
+                    transformer_depth_middle=self.middle, context_dim=CONTEXT_DIM, use_linear_in_transformer=False,
+                    legacy=False)
+
+
+ZERO_INIT = ("out_layers.3.", "proj_out.", "out.2.")  # last layer of each residual branch and the output conv
+
+
+def build_unet(cfg: UNetConfig, seed: int):
+    """ComfyUI's UNetModel with torch default init, residual-branch outputs zeroed (identity at start)."""
+    require_comfy()
+    import comfy.ops
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+    torch.manual_seed(seed)
+    model = UNetModel(**cfg.arch(), operations=comfy.ops.disable_weight_init, device="cpu", dtype=torch.float32)
+    init_default_(model)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if any(name.startswith(z) or f".{z}" in name for z in ZERO_INIT):
+                p.zero_()
+    return model
+
+
+def zero_context(batch: int) -> torch.Tensor:
+    return torch.zeros(batch, CONTEXT_LEN, CONTEXT_DIM)
+
+
+def _loss(model, x0, t, noise, abar, gamma: float) -> torch.Tensor:
+    a = abar[t].float().view(-1, 1, 1, 1)
+    xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+    eps = model(xt, timesteps=t.float(), context=zero_context(x0.shape[0]))
+    per = F.mse_loss(eps.float(), noise, reduction="none").mean(dim=(1, 2, 3))
+    if gamma > 0:
+        snr = abar[t] / (1 - abar[t])
+        per = per * (snr.clamp(max=gamma) / snr).float()
+    return per.mean()
+
+
+@torch.no_grad()
+def eval_loss(model, latents: torch.Tensor, seed: int = 1234, repeats: int = 2, batch: int = 64) -> float:
+    """Plain eps MSE at fixed (t, noise) draws: comparable across runs and configs."""
+    if latents.shape[0] == 0:
+        return float("nan")
+    abar = alphas_cumprod()
+    gen = torch.Generator().manual_seed(seed)
+    total, count = 0.0, 0
+    for _ in range(repeats):
+        for i in range(0, latents.shape[0], batch):
+            x0 = latents[i:i + batch]
+            t = torch.randint(0, TIMESTEPS, (x0.shape[0],), generator=gen)
+            noise = torch.randn(x0.shape, generator=gen)
+            total += _loss(model, x0, t, noise, abar, 0.0).item() * x0.shape[0]
+            count += x0.shape[0]
+    return total / count
+
+
+def train_unet(latents: torch.Tensor, cfg: UNetConfig, seed: int = 0, eval_latents: torch.Tensor | None = None):
+    """latents: [N, 4, 8, 8] as the UNet sees them (already times 0.18215, ~unit std), augmentations
+    included. Returns (EMA state dict, stats)."""
+    model = build_unet(cfg, seed)
+    n_params = sum(p.numel() for p in model.parameters())
+    opt, sched = adamw(model.parameters(), cfg.lr, cfg.steps, min(cfg.warmup, max(1, cfg.steps // 10)),
+                       weight_decay=cfg.weight_decay)
+    ema = EMA(model, cfg.ema)
+    abar = alphas_cumprod()
+    gen = torch.Generator().manual_seed(seed + 1)
+    n = latents.shape[0]
+    curve, window, step_times, t0 = [], [], [], time.perf_counter()
+    for step in range(cfg.steps):
+        t_step = time.perf_counter()
+        idx = torch.randint(0, n, (min(cfg.batch, n),), generator=gen)
+        x0 = latents[idx]
+        t = torch.randint(0, TIMESTEPS, (x0.shape[0],), generator=gen)
+        noise = torch.randn(x0.shape, generator=gen)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+            loss = _loss(model, x0, t, noise, abar, cfg.min_snr_gamma)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        ema.update(model)
+        window.append(loss.item())
+        step_times.append(time.perf_counter() - t_step)
+        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+            el = time.perf_counter() - t0
+            curve.append([step + 1, round(sum(window) / len(window), 5)])
+            window = []
+            log.info("unet step %d/%d loss %.4f  %.3f s/step", step + 1, cfg.steps, curve[-1][1], el / (step + 1))
+    seconds = time.perf_counter() - t0
+    stats = {"steps": cfg.steps, "batch": cfg.batch, "params": n_params, "seconds": round(seconds, 2),
+             "s_per_step": round(seconds / max(1, cfg.steps), 4),
+             "s_per_step_median": round(statistics.median(step_times), 4) if step_times else None, "loss_curve": curve}
+    if eval_latents is not None:
+        model.load_state_dict(ema.shadow)
+        stats["eval_eps_mse_ema"] = round(eval_loss(model, eval_latents), 5)
+    log.info("unet: %d steps in %.1f s (%d params)", cfg.steps, seconds, n_params)
+    return ema.state_dict(), stats

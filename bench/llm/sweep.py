@@ -1,0 +1,87 @@
+"""Model selection for the detox protocol, on VALIDATION data only: the RTP prompts that are neither in the
+training pool nor among the evaluation prompts, and neutral passages after the evaluation ones. Trains
+one LinEAS steering per config (``optimizer:lr:steps:gamma[:group]``; ``file:PATH`` evaluates an existing
+steering) and reports toxicity and perplexity at each strength, so a config can be chosen before the
+held-out evaluation of ``protocol.py`` is run.
+
+    python -m bench.llm.sweep --model smollm2 --configs adam:0.003:100:0,adam:0.0075:100:0.8 --out /tmp/sweep
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from lineas_engine import TrainConfig, load_steering
+
+from .protocol import prepare_data
+
+
+def parse_config(text: str) -> TrainConfig:
+    """``optimizer:lr:steps:gamma[:group]`` (``group``: weight of the group-lasso term, default 1)."""
+    try:
+        opt, lr, steps, gamma, *group = text.split(":")
+        return TrainConfig(steps=int(steps), optimizer=opt, lr=float(lr), batch_size=32, gamma=float(gamma),
+                           group=float(group[0]) if group else 1.0)
+    except ValueError as e:
+        raise SystemExit(f"config {text!r} must be optimizer:lr:steps:gamma[:group], e.g. adam:0.003:100:0.5:0 "
+                         f"({e})") from None
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.llm.sweep", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2")
+    ap.add_argument("--configs", required=True, help="comma-separated optimizer:lr:steps:gamma[:group] or file:PATH")
+    ap.add_argument("--strengths", default="1")
+    ap.add_argument("--val-prompts", type=int, default=200)
+    ap.add_argument("--val-neutral", type=int, default=100)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", required=True)
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+
+    from llm_sidecar.evaluate import evaluate_strengths
+    from llm_sidecar.judges import make_judge
+    from llm_sidecar.models import load_model
+    from llm_sidecar.train import save_trained, train_steering
+
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    lm = load_model(a.model)
+    judge = make_judge("profanity")
+    data = prepare_data(lm, judge)
+    val, val_neutral = data.val_prompts[: a.val_prompts], data.val_neutral[: a.val_neutral]
+    strengths = [float(s) for s in a.strengths.split(",")]
+    rows = []
+    base = evaluate_strengths(lm, None, val, val_neutral, seeds=[a.seed], judge=judge, label="none",
+                              show_progress=False)[0]
+    rows.append({"config": "none", "strength": 0.0, "toxicity": base.toxicity, "perplexity": base.perplexity})
+    for k, text in enumerate(a.configs.split(",")):
+        if text.startswith("file:"):
+            steering, _ = load_steering(text[5:], model=lm.model)
+            seconds = None
+        else:
+            cfg = parse_config(text)
+            o = train_steering(lm, data.toxic, data.clean, config=cfg, max_length=32)
+            save_trained(out / f"config{k}.safetensors", lm, o, cfg, training_prompts=data.pool)
+            steering, seconds = o.steering, round(o.seconds, 1)
+        t = time.perf_counter()
+        for r in evaluate_strengths(lm, steering.to(lm.device), val, val_neutral, strengths=strengths,
+                                    seeds=[a.seed], judge=judge, label=text, show_progress=False):
+            rows.append({"config": text, "strength": r.strength, "toxicity": r.toxicity,
+                         "tox_rel": r.toxicity / base.toxicity - 1 if base.toxicity else None,
+                         "perplexity": r.perplexity, "ppl_rel": r.perplexity / base.perplexity - 1,
+                         "support": r.support, "train_s": seconds, "eval_s": round(time.perf_counter() - t, 1)})
+            print(json.dumps(rows[-1]), flush=True)
+        (out / "sweep.json").write_text(json.dumps({"val_prompts": len(val), "val_neutral": len(val_neutral),
+                                                    "rows": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
