@@ -75,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--patience", type=int, default=0, help="stop when the loss has not improved for N steps")
     t.add_argument("--max-length", type=int, default=64, help="tokens per training text")
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--calibrate-on", metavar="FILE",
+                   help="neutral texts (not your evaluation texts): save the map at the largest strength whose "
+                        "perplexity on them rises by at most --max-ppl-increase (strength 1 of the file = that map)")
+    t.add_argument("--max-ppl-increase", type=float, default=0.1, help="utility budget of --calibrate-on (0.1 = +10%%)")
     _gen_args(t)
 
     g = sub.add_parser("generate", help="continue prompts, optionally under a steering")
@@ -169,6 +173,11 @@ def cmd_train(a) -> int:
         prompts = []
     else:
         prompts = read_texts(a.from_prompts, what="--from-prompts")
+    calib = read_texts(a.calibrate_on, what="--calibrate-on") if a.calibrate_on else None
+    if calib is not None:
+        require_samples(calib, "--calibrate-on", 1)
+        if not a.max_ppl_increase > 0:
+            raise LineasError(f"--max-ppl-increase must be > 0 (e.g. 0.1 for +10%), got {a.max_ppl_increase}")
     lm = load_model(a.model, a.device, a.dtype)
     if prompts:
         from .build import build_sets
@@ -178,11 +187,20 @@ def cmd_train(a) -> int:
     with progress_bar(cfg.steps, "train") as bar:
         outcome = train_steering(lm, source, target, method=a.method, sites_pattern=a.sites, config=cfg,
                                  max_length=a.max_length, on_step=bar)
+    cal_note = ""
+    if calib is not None:
+        from .calibrate import calibrate_strength
+
+        cal = calibrate_strength(lm, outcome.steering.to(lm.device), calib, max_increase=a.max_ppl_increase)
+        outcome.steering = outcome.steering.at_strength(cal.strength)
+        outcome.calibration = cal.to_dict()
+        cal_note = (f"; calibrated to strength {cal.strength:.3f} (perplexity {cal.base_perplexity:.2f} -> "
+                    f"{cal.perplexity:.2f} on {cal.num_texts} --calibrate-on texts)")
     save_trained(out, lm, outcome, cfg, training_prompts=prompts)
     r = outcome.result
     loss = f", loss {r.losses[0]:.4g} -> {r.losses[-1]:.4g} in {r.steps} steps" if r else ""
     sys.stdout.write(f"wrote {out} ({outcome.method}, {len(outcome.sites)} sites, {outcome.seconds:.1f} s{loss}, "
-                     f"support {outcome.steering.support():.1%})\n")
+                     f"support {outcome.steering.support():.1%}{cal_note})\n")
     return 0
 
 

@@ -49,6 +49,7 @@ class TrainOutcome:
     result: TrainResult | None
     seconds: float
     source_hashes: list[str]
+    calibration: dict | None = None  # set when the map was calibrated to a utility budget (calibrate.py)
 
 
 def train_steering(
@@ -93,6 +94,8 @@ def save_trained(path, lm: LoadedModel, outcome: TrainOutcome, config: TrainConf
     training = {"method": outcome.method, "seconds": round(outcome.seconds, 2), "num_sites": len(outcome.sites)}
     if outcome.result is not None:
         training.update(outcome.result.summary())
+    if outcome.calibration is not None:
+        training["calibration"] = outcome.calibration
     save_steering(
         path,
         outcome.steering,

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from lineas_engine import TrainConfig
+from lineas_engine import TrainConfig, load_steering
 
 
 @dataclass
@@ -62,11 +62,17 @@ def main(argv=None) -> int:
     ap.add_argument("--optimizer", default="adam")
     ap.add_argument("--lr", type=float, default=0.0075)
     ap.add_argument("--sparsity", type=float, default=0.3)
-    ap.add_argument("--methods", default="none,layerwise,lineas,lineas_sparse")
+    ap.add_argument("--methods", default="none,layerwise,lineas,lineas_sparse",
+                    help="none, layerwise, lineas, lineas_sparse, lineas_cal (the lineas steering calibrated to "
+                         "--max-ppl-increase on --calibrate-texts validation passages, disjoint from --neutral)")
+    ap.add_argument("--max-ppl-increase", type=float, default=0.1)
+    ap.add_argument("--calibrate-texts", type=int, default=100)
+    ap.add_argument("--reuse", action="store_true", help="load METHOD.safetensors from --out instead of training")
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
 
+    from llm_sidecar.calibrate import calibrate_strength, save_calibrated
     from llm_sidecar.evaluate import evaluate_strengths
     from llm_sidecar.generate import GenConfig
     from llm_sidecar.judges import make_judge
@@ -85,17 +91,35 @@ def main(argv=None) -> int:
     meta = {"model": a.model, "architecture": lm.architecture, "judge": judge.name, "train_texts": f"{a.n}+{a.n}",
             "eval_prompts": len(held), "neutral": len(neutral), "seeds": seeds,
             "command": "python -m bench.llm.protocol " + " ".join(argv if argv is not None else sys.argv[1:])}
-    for method in a.methods.split(","):
-        if method == "none":
-            steering, label = None, "none"
-        else:
+    trained: dict = {}
+
+    def steering_of(method: str):
+        """(steering, metadata) of a trained method: from --out with --reuse, else trained and saved there."""
+        if method in trained:
+            return trained[method]
+        path = out / f"{method}.safetensors"
+        if not (a.reuse and path.is_file()):
             cfg = TrainConfig(steps=a.steps, optimizer=a.optimizer, lr=a.lr, batch_size=32,
                               gamma=a.sparsity if method == "lineas_sparse" else 0.0)
             o = train_steering(lm, toxic, clean, method="layerwise" if method == "layerwise" else "lineas",
                                config=cfg, max_length=32)
-            save_trained(out / f"{method}.safetensors", lm, o, cfg, training_prompts=pool)
-            timings[method] = round(o.seconds, 1)
-            steering, label = o.steering.to(lm.device), method
+            save_trained(path, lm, o, cfg, training_prompts=pool)
+        steering, file_meta = load_steering(path, model=lm.model, device=lm.device)
+        timings[method] = file_meta.training.get("seconds")
+        trained[method] = steering, file_meta
+        return trained[method]
+
+    for method in a.methods.split(","):
+        if method == "none":
+            steering, label = None, "none"
+        elif method == "lineas_cal":
+            dense, file_meta = steering_of("lineas")
+            cal = calibrate_strength(lm, dense, data.val_neutral[: a.calibrate_texts], max_increase=a.max_ppl_increase)
+            save_calibrated(out / "lineas_cal.safetensors", dense, file_meta, cal)
+            meta["calibration"] = cal.to_dict()
+            steering, label = dense.at_strength(cal.strength), method
+        else:
+            steering, label = steering_of(method)[0], method
         t = time.perf_counter()
         rows += evaluate_strengths(lm, steering, held, neutral, strengths=(1.0,), seeds=seeds, judge=judge,
                                    gen=GenConfig(), label=label, show_progress=False)
