@@ -103,7 +103,8 @@ def export_folded(lm: LoadedModel, steering: Steering, out_dir: str | os.PathLik
         with steered(model, steer):
             hooked = model(**enc).logits.float()
         folded = new(**enc).logits.float()
-    diff = (hooked - folded).abs().max().item()
+    real = enc["attention_mask"].bool()  # padded positions attend to nothing: their logits are not outputs
+    diff = (hooked - folded)[real].abs().max().item()
 
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=parent))
     try:
