@@ -71,11 +71,13 @@ def calibrate_strength(lm: LoadedModel, steering: Steering, texts: Sequence[str]
                        num_texts=len(texts), evaluations=seen)
 
 
-def save_calibrated(path, steering: Steering, meta, calibration: Calibration) -> None:
+def save_calibrated(path, steering: Steering, meta, calibration: Calibration, texts: Sequence[str]) -> None:
     """Save ``steering`` at the calibrated strength with the metadata of the file it came from (``meta``:
-    a :class:`lineas_engine.SteeringMeta`) plus the calibration record."""
+    a :class:`lineas_engine.SteeringMeta`), the calibration record and the hashes of its ``texts``."""
     from lineas_engine import save_steering
+
+    from .data import hash_texts
 
     save_steering(path, steering.at_strength(calibration.strength), fingerprint=meta.fingerprint,
                   config=meta.config, training={**meta.training, "calibration": calibration.to_dict()},
-                  extra=meta.extra)
+                  extra={**meta.extra, "calibration_text_hashes": hash_texts(texts)})

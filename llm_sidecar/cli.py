@@ -196,7 +196,7 @@ def cmd_train(a) -> int:
         outcome.calibration = cal.to_dict()
         cal_note = (f"; calibrated to strength {cal.strength:.3f} (perplexity {cal.base_perplexity:.2f} -> "
                     f"{cal.perplexity:.2f} on {cal.num_texts} --calibrate-on texts)")
-    save_trained(out, lm, outcome, cfg, training_prompts=prompts)
+    save_trained(out, lm, outcome, cfg, training_prompts=prompts, calibration_texts=calib or ())
     r = outcome.result
     loss = f", loss {r.losses[0]:.4g} -> {r.losses[-1]:.4g} in {r.steps} steps" if r else ""
     sys.stdout.write(f"wrote {out} ({outcome.method}, {len(outcome.sites)} sites, {outcome.seconds:.1f} s{loss}, "
@@ -248,6 +248,8 @@ def cmd_eval(a) -> int:
     steering, meta = _load_steering(lm, a.steering) if a.steering else (None, None)
     if meta is not None:
         check_disjoint(prompts, meta.extra.get("training_text_hashes", []))
+        check_disjoint(neutral, meta.extra.get("calibration_text_hashes", []), what="--neutral texts",
+                       used_for="calibrate this steering's strength", fix="measure perplexity on other texts")
     rows = evaluate_strengths(lm, steering, prompts, neutral, strengths=a.strengths, seeds=a.seeds, judge=judge,
                               gen=_gen_config(a), label=a.label or (Path(a.steering).stem if a.steering else "none"))
     paths = write_report(a.report, rows, {"model": a.model, "steering": a.steering, "judge": judge.name,

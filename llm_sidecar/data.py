@@ -139,14 +139,15 @@ def hash_texts(texts: Iterable[str]) -> list[str]:
     return sorted({text_hash(t) for t in texts})
 
 
-def check_disjoint(prompts: Sequence[str], training_hashes: Iterable[str]) -> None:
-    """Refuse evaluation prompts that were used (as prompts or samples) to train the steering."""
+def check_disjoint(prompts: Sequence[str], training_hashes: Iterable[str], *, what: str = "evaluation prompts",
+                   used_for: str = "train this steering", fix: str = "evaluate on held-out prompts") -> None:
+    """Refuse evaluation texts that were used (as prompts or samples) to train or calibrate the steering."""
     seen = set(training_hashes)
     clash = [p for p in prompts if text_hash(p) in seen]
     if clash:
         raise LineasError(
-            f"{len(clash)} of the {len(prompts)} evaluation prompts were used to train this steering "
-            f"(e.g. {clash[0][:60]!r}); evaluate on held-out prompts"
+            f"{len(clash)} of the {len(prompts)} {what} were used to {used_for} "
+            f"(e.g. {clash[0][:60]!r}); {fix}"
         )
 
 

@@ -88,9 +88,9 @@ def train_steering(
 
 
 def save_trained(path, lm: LoadedModel, outcome: TrainOutcome, config: TrainConfig, *,
-                 training_prompts: Sequence[str] = ()) -> None:
+                 training_prompts: Sequence[str] = (), calibration_texts: Sequence[str] = ()) -> None:
     """Save with the model fingerprint, the config, a training summary and the hashes of every training
-    text and prompt (so that evaluation can refuse them)."""
+    text and prompt, and of the calibration texts (so that evaluation can refuse them)."""
     training = {"method": outcome.method, "seconds": round(outcome.seconds, 2), "num_sites": len(outcome.sites)}
     if outcome.result is not None:
         training.update(outcome.result.summary())
@@ -102,5 +102,6 @@ def save_trained(path, lm: LoadedModel, outcome: TrainOutcome, config: TrainConf
         fingerprint={**model_fingerprint(lm.model, lm.architecture), "model": lm.name},
         config=config.to_dict() if outcome.method == "lineas" else {"method": "layerwise"},
         training=training,
-        extra={"training_text_hashes": sorted(set(outcome.source_hashes) | set(hash_texts(training_prompts)))},
+        extra={"training_text_hashes": sorted(set(outcome.source_hashes) | set(hash_texts(training_prompts))),
+               **({"calibration_text_hashes": hash_texts(calibration_texts)} if calibration_texts else {})},
     )

@@ -115,9 +115,10 @@ def main(argv=None) -> int:
         elif method == "lineas_cal":
             dense, file_meta = steering_of("lineas")
             t = time.perf_counter()
-            cal = calibrate_strength(lm, dense, data.val_neutral[: a.calibrate_texts], max_increase=a.max_ppl_increase)
+            cal_texts = data.val_neutral[: a.calibrate_texts]
+            cal = calibrate_strength(lm, dense, cal_texts, max_increase=a.max_ppl_increase)
             timings["lineas_cal_calibrate"] = round(time.perf_counter() - t, 1)
-            save_calibrated(out / "lineas_cal.safetensors", dense, file_meta, cal)
+            save_calibrated(out / "lineas_cal.safetensors", dense, file_meta, cal, cal_texts)
             meta["calibration"] = cal.to_dict()
             steering, label = dense.at_strength(cal.strength), method
         else:

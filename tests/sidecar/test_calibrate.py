@@ -84,3 +84,16 @@ def test_calibrate_bad_budget_is_one_line_and_writes_nothing(tiny_llama_dir, tex
     err = capsys.readouterr().err
     assert code == 1 and "--max-ppl-increase must be > 0" in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_eval_refuses_neutral_texts_used_for_calibration(tiny_llama_dir, texts, capsys):
+    cal = texts / "cal.safetensors"
+    assert _train(tiny_llama_dir, texts, cal, "--calibrate-on", str(texts / "neutral.txt")) == 0
+    capsys.readouterr()
+    report = texts / "report"
+    code = main(["eval", "--model", tiny_llama_dir, "--steering", str(cal), "--prompts", str(texts / "prompts.txt"),
+                 "--neutral", str(texts / "neutral.txt"), "--strengths", "1", "--seeds", "0", "--report",
+                 str(report), "--max-new-tokens", "4", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 1 and "5 of the 5 --neutral texts were used to calibrate" in err
+    assert len(err.strip().splitlines()) == 1 and not report.exists()
