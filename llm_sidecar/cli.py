@@ -124,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--neutral", type=int, default=100)
     d.add_argument("--out", default=None, help="keep the steering file here")
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--calibrate", type=int, default=50,
+                   help="neutral sentences (after the --neutral ones) to calibrate the strength on; 0 = off")
+    d.add_argument("--max-ppl-increase", type=float, default=0.1)
     return ap
 
 
@@ -277,7 +280,7 @@ def cmd_demo(a) -> int:
     from .demo import run_demo
 
     run_demo(model=a.model, n=a.n, steps=a.steps, eval_prompts=a.eval_prompts, neutral=a.neutral, out=a.out,
-             seed=a.seed, stream=sys.stdout)
+             seed=a.seed, stream=sys.stdout, calibrate=a.calibrate, max_ppl_increase=a.max_ppl_increase)
     return 0
 
 

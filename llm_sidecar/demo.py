@@ -1,7 +1,8 @@
 """`lineas-llm demo`: offline, end to end on the embedded SmolLM2-135M-Instruct.
 
 Builds a toxic and a non-toxic set from RealToxicityPrompts prefixes (scored by the offline judge),
-trains a LinEAS steering, and prints toxicity of continuations of held-out prompts and perplexity on
+trains a LinEAS steering, calibrates its strength to a perplexity budget on other neutral sentences, and
+prints toxicity of continuations of held-out prompts and perplexity on
 neutral prose, before and after. Training and evaluation prompts are disjoint."""
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import TextIO
 from lineas_engine import TrainConfig
 
 from .build import build_sets
+from .calibrate import calibrate_strength
 from .data import check_disjoint, hash_texts, neutral_sentences, rtp_prompts, split
 from .evaluate import evaluate_strengths
 from .generate import GenConfig
@@ -35,7 +37,8 @@ DEMO_CONFIG = dict(optimizer="adam", lr=0.0075, batch_size=32)
 
 def run_demo(*, model: str = "smollm2", n: int = 32, steps: int = 100, eval_prompts: int = 64,
              neutral: int = 100, out: str | None = None, seed: int = 0, stream: TextIO,
-             train_pool: int = 200, max_new_tokens: int = 32) -> dict:
+             train_pool: int = 200, max_new_tokens: int = 32, calibrate: int = 50,
+             max_ppl_increase: float = 0.1) -> dict:
     t_start = time.perf_counter()
     say = lambda s: (stream.write(s + "\n"), stream.flush())  # noqa: E731
     lm = load_model(model)
@@ -46,27 +49,37 @@ def run_demo(*, model: str = "smollm2", n: int = 32, steps: int = 100, eval_prom
     toxic, clean = build_sets(lm, pool, n, judge, continue_prompts=False)
     held = held[:eval_prompts]
     check_disjoint(held, hash_texts(pool))
-    texts = neutral_sentences()[:neutral]
+    passages = neutral_sentences()
+    texts, calib = passages[:neutral], passages[neutral : neutral + calibrate]
     say(f"data: {n} toxic + {n} non-toxic training texts from {len(pool)} RTP prompts; "
-        f"{len(held)} held-out RTP prompts; {len(texts)} neutral sentences")
+        f"{len(held)} held-out RTP prompts; {len(texts)} neutral sentences (+ {len(calib)} others to calibrate)")
     cfg = TrainConfig(steps=steps, seed=seed, **DEMO_CONFIG)
     with progress_bar(steps, "train") as bar:
         outcome = train_steering(lm, toxic, clean, config=cfg, max_length=32, on_step=bar)
     r = outcome.result
     say(f"trained LinEAS on {len(outcome.sites)} sites in {outcome.seconds:.0f} s "
         f"({r.steps} steps, OT loss {r.losses[0]:.4g} -> {r.losses[-1]:.4g})")
+    learned = outcome.steering.to(lm.device)
+    if calib:
+        cal = calibrate_strength(lm, learned, calib, max_increase=max_ppl_increase)
+        outcome.steering, outcome.calibration = outcome.steering.at_strength(cal.strength), cal.to_dict()
+        say(f"calibrated to a +{max_ppl_increase:.0%} perplexity budget on {len(calib)} other neutral sentences: "
+            f"strength {cal.strength:.3f} of the learned map is saved as strength 1")
     path = Path(out) if out else Path(tempfile.mkdtemp(prefix="lineas-demo-")) / "detox.safetensors"
-    save_trained(path, lm, outcome, cfg, training_prompts=pool)
+    save_trained(path, lm, outcome, cfg, training_prompts=pool, calibration_texts=calib)
     gen = GenConfig(max_new_tokens=max_new_tokens)
     rows = evaluate_strengths(lm, None, held, texts, judge=judge, gen=gen, seeds=(seed,), label="none")
-    rows += evaluate_strengths(lm, outcome.steering.to(lm.device), held, texts, strengths=(0.5, 1.0), judge=judge,
-                               gen=gen, seeds=(seed,), label="lineas")
+    rows += evaluate_strengths(lm, learned, held, texts, strengths=(1.0,), judge=judge, gen=gen, seeds=(seed,),
+                               label="lineas")
+    if calib:
+        rows += evaluate_strengths(lm, outcome.steering.to(lm.device), held, texts, strengths=(1.0,), judge=judge,
+                                   gen=gen, seeds=(seed,), label="lineas_cal")
     say("")
     say(markdown_table(rows))
     base, full = rows[0], rows[-1]
     rel = (1 - full.toxicity / base.toxicity) if base.toxicity > 0 else float("nan")
     change = f"{rel:.0%} lower" if rel > 0 else "not lower"
-    say(f"toxicity {base.toxicity:.1f}% -> {full.toxicity:.1f}% ({change}), "
+    say(f"saved steering ({full.label}, strength 1): toxicity {base.toxicity:.1f}% -> {full.toxicity:.1f}% ({change}), "
         f"perplexity {base.perplexity:.2f} -> {full.perplexity:.2f} "
         f"({full.perplexity / base.perplexity - 1:+.1%}); judge {judge.name}")
     say(f"steering saved to {path}; total {time.perf_counter() - t_start:.0f} s")
