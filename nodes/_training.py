@@ -7,15 +7,30 @@ compares source and target only within the same noise level (the engine's groups
 from __future__ import annotations
 
 import logging
+import time
 
 import torch
 
-from ..lineas_engine import LineasError, Steering, TrainConfig, find_sites, fit, model_fingerprint, site_specs
+from ..lineas_engine import (
+    LineasError,
+    Steering,
+    TrainConfig,
+    TrainResult,
+    evaluate_loss,
+    find_sites,
+    fit,
+    fit_layerwise,
+    model_fingerprint,
+    record_activations,
+    site_specs,
+)
 from ._patcher import architecture_of
 from ._steering_ref import SteeringRef
 
 logger = logging.getLogger(__name__)
 
+METHODS = {"lineas": "end to end, OT loss at every site seeing every upstream map",
+           "layer-wise": "baseline: each site's affine OT map fitted alone on the unsteered model"}
 PRESETS = {"all norms": "norms", "ResNet norms": "resnet_norms", "transformer norms": "transformer_norms",
            "custom regex": None}
 
@@ -77,10 +92,14 @@ def _noised_samples(model, vae, images: torch.Tensor, percents: list[float], see
 def train_style(model, vae, target_images: torch.Tensor, source_images: torch.Tensor, conditioning=None, *,
                 steps: int, lr: float, optimizer: str, sparsity: float, preset: str, regex: str,
                 noise_start: float, noise_end: float, levels: int, batch_size: int, micro_batch: int, seed: int,
-                on_step=None, name: str = "style"):
-    """Returns (SteeringRef, TrainResult). Must run outside inference mode (the node takes care)."""
+                on_step=None, name: str = "style", method: str = "lineas"):
+    """Returns (SteeringRef, TrainResult). Must run outside inference mode (the node takes care).
+    ``method="layer-wise"`` fits the baseline in closed form instead (``steps``/``lr``/``optimizer``/
+    ``sparsity`` unused); its result holds the OT loss before and after, on the same noise-level groups."""
     import comfy.model_management as mm
 
+    if method not in METHODS:
+        raise LineasError(f"method must be one of {list(METHODS)}, got {method!r}")
     if not 0.0 <= noise_start < noise_end <= 1.0:
         raise LineasError(f"need 0 <= noise_start < noise_end <= 1, got {noise_start}, {noise_end}")
     if target_images.shape[0] < 2 or source_images.shape[0] < 2:
@@ -104,12 +123,30 @@ def train_style(model, vae, target_images: torch.Tensor, source_images: torch.Te
 
     cfg = TrainConfig(steps=steps, lr=lr, optimizer=optimizer, gamma=sparsity, batch_size=batch_size,
                       micro_batch_size=micro_batch or None, seed=seed, mask_key=None, schedule="cosine")
-    result = fit(dm, steering, forward, src, tgt, config=cfg, on_step=on_step)
+    if method == "layer-wise":
+        steering, result = _fit_layerwise(dm, steering.specs, forward, src, tgt, cfg, device)
+    else:
+        result = fit(dm, steering, forward, src, tgt, config=cfg, on_step=on_step)
     arch = architecture_of(model)
     ref = SteeringRef(steering=steering.cpu(), architecture=arch, fingerprint=model_fingerprint(dm, arch),
-                      training={**result.summary(), "sites": len(sites), "noise_percents": percents,
+                      training={**result.summary(), "method": method, "sites": len(sites), "noise_percents": percents,
                                 "target_images": int(target_images.shape[0]),
                                 "source_images": int(source_images.shape[0]), "dtype": str(dtype)},
                       config=cfg.to_dict(), name=name)
-    logger.info("trained %s on %d sites: loss %.4g -> %.4g", name, len(sites), result.losses[0], result.losses[-1])
+    logger.info("trained %s (%s) on %d sites: loss %.4g -> %.4g", name, method, len(sites), result.losses[0],
+                result.losses[-1])
     return ref, result
+
+
+def _fit_layerwise(dm, specs, forward, src, tgt, cfg: TrainConfig, device) -> tuple[Steering, TrainResult]:
+    """The layer-wise baseline on the same samples, with the end-to-end OT loss (per noise level) of the
+    unsteered and the steered model so both methods report the same figure."""
+    t0 = time.perf_counter()
+    tgt_acts = record_activations(dm, specs, forward, tgt, batch_size=cfg.batch_size, mask_key=None)
+    steering = fit_layerwise(dm, specs, forward, src, target_acts=tgt_acts, batch_size=cfg.batch_size,
+                             mask_key=None).to(device)
+    groups = tgt[cfg.group_key]
+    before = evaluate_loss(dm, None, forward, src, tgt_acts, specs=specs, config=cfg, target_groups=groups)
+    after = evaluate_loss(dm, steering, forward, src, tgt_acts, config=cfg, target_groups=groups)
+    return steering, TrainResult(losses=[before, after], eval_before=before, eval_after=after,
+                                 seconds=time.perf_counter() - t0, steps=0, support=1.0)

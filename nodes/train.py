@@ -11,7 +11,7 @@ from comfy_api.latest import io
 from ._files import save_ref
 from ._images import RESIZE_MODES, conform, load_folder, resolve_folder
 from ._plots import line_plot, line_plot_pil
-from ._training import PRESETS, train_style
+from ._training import METHODS, PRESETS, train_style
 from ._types import Steering
 
 logger = logging.getLogger(__name__)
@@ -58,6 +58,8 @@ class LineasTrainStyle(io.ComfyNode):
                              tooltip="bound memory: run the batch in chunks of this size (0 = all at once)"),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF),
                 io.String.Input("name", default="style"),
+                io.Combo.Input("method", options=list(METHODS), default="lineas",
+                               tooltip="; ".join(f"{k}: {v}" for k, v in METHODS.items())),
                 io.Image.Input("target_images", optional=True),
                 io.Image.Input("source_images", optional=True),
                 io.Conditioning.Input("conditioning", optional=True, tooltip="fixed conditioning (default: zeros)"),
@@ -71,7 +73,7 @@ class LineasTrainStyle(io.ComfyNode):
     @classmethod
     def execute(cls, model, vae, target_folder, source_folder, steps, learning_rate, optimizer, sparsity, sites,
                 custom_regex, noise_start, noise_end, noise_levels, resolution, resize, batch_size, micro_batch, seed,
-                name, target_images=None, source_images=None, conditioning=None) -> io.NodeOutput:
+                name, method="lineas", target_images=None, source_images=None, conditioning=None) -> io.NodeOutput:
         import comfy.model_management as mm
         import comfy.utils
 
@@ -97,9 +99,10 @@ class LineasTrainStyle(io.ComfyNode):
                                       optimizer=optimizer, sparsity=sparsity, preset=sites, regex=custom_regex,
                                       noise_start=noise_start, noise_end=noise_end, levels=noise_levels,
                                       batch_size=batch_size, micro_batch=micro_batch, seed=seed, on_step=on_step,
-                                      name=name)
+                                      name=name, method=method)
         path = save_ref(ref, name)
-        summary = (f"{ref.describe()}\nloss {result.losses[0]:.4g} -> {result.losses[-1]:.4g} in {result.steps} steps "
+        how = f"{result.steps} steps" if method == "lineas" else "closed form, layer-wise"
+        summary = (f"{ref.describe()}\nloss {result.losses[0]:.4g} -> {result.losses[-1]:.4g} in {how} "
                    f"({result.seconds:.1f} s); {tgt.shape[0]} target / {src.shape[0]} source images x "
                    f"{noise_levels} noise levels\nsaved {path.name}")
-        return io.NodeOutput(ref, line_plot(result.losses, f"LinEAS loss: {name}"), summary)
+        return io.NodeOutput(ref, line_plot(result.losses, f"{method} OT loss: {name}"), summary)

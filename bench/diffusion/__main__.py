@@ -1,5 +1,6 @@
 """``python -m bench.diffusion train --out DIR`` (the recipe; a tiny check: ``--vae-steps 20 --unet-steps
 20``), ``python -m bench.diffusion sample --ckpt FILE --out grid.png`` (through ComfyUI's nodes),
+``python -m bench.diffusion steer`` (the style-steering benchmark through ComfyUI's nodes),
 ``python -m bench.diffusion time`` (seconds per training step of each stage, to size a full run).
 Set OMP_NUM_THREADS / --threads to the cores you mean to use."""
 
@@ -115,8 +116,28 @@ def cmd_time(args) -> int:
     return 0
 
 
+def cmd_steer(args) -> int:
+    from bench.diffusion.data import default_styles_root
+    from bench.diffusion.steer_bench import BenchConfig, markdown, run
+
+    ckpt, judge = Path(args.ckpt).expanduser(), Path(args.judge).expanduser()
+    for what, path in (("checkpoint", ckpt), ("judge", judge)):
+        if not path.is_file():
+            sys.stderr.write(f"{what} {path} not found: run `python -m bench.diffusion train` first "
+                             f"(or pass --{what if what == 'judge' else 'ckpt'})\n")
+            return 2
+    cfg = BenchConfig(ckpt=str(ckpt), judge=str(judge), styles=str(args.styles or default_styles_root()),
+                      eval_n=args.n, train_steps=args.train_steps, learning_rate=args.lr,
+                      batch_size=args.batch_size, strengths=tuple(args.strengths), sample_steps=args.steps,
+                      methods=tuple(args.methods), sites=args.sites)
+    res = run(cfg, Path(args.out).expanduser())
+    print(markdown(res))
+    print(json.dumps(res["comparison"], indent=1))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    from bench.diffusion.recipe import default_out
+    from bench.diffusion.recipe import CKPT_NAME, FILES, default_out
 
     ap = argparse.ArgumentParser(prog="python -m bench.diffusion", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -135,6 +156,20 @@ def main(argv: list[str] | None = None) -> int:
     sa.add_argument("--steps", type=int, default=20)
     sa.add_argument("--judge", help="judge.safetensors: also report p(illustration) per image")
     sa.add_argument("--threads", type=int, default=0)
+    st = sub.add_parser("steer", help="the style-steering benchmark through ComfyUI's nodes (LinEAS vs layer-wise)")
+    st.add_argument("--ckpt", default=str(default_out() / CKPT_NAME))
+    st.add_argument("--judge", default=str(default_out() / FILES["judge"]))
+    st.add_argument("--styles", default="", help="styles root (default ../shared/data/styles)")
+    st.add_argument("--out", default=str(default_out() / "steer_bench"))
+    st.add_argument("--n", type=int, default=128, help="samples per strength")
+    st.add_argument("--steps", type=int, default=20, help="sampler steps")
+    st.add_argument("--train-steps", type=int, default=150)
+    st.add_argument("--lr", type=float, default=0.01)
+    st.add_argument("--batch-size", type=int, default=64)
+    st.add_argument("--strengths", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0])
+    st.add_argument("--methods", nargs="+", default=["lineas", "layer-wise"], choices=["lineas", "layer-wise"])
+    st.add_argument("--sites", default="all norms")
+    st.add_argument("--threads", type=int, default=0)
     ti = sub.add_parser("time", help="seconds per training step (a few steps of each stage)")
     _common(ti)
     ti.add_argument("--steps", type=int, default=5)
@@ -142,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     if args.threads:
         torch.set_num_threads(args.threads)
-    return {"train": cmd_train, "sample": cmd_sample, "time": cmd_time}[args.cmd](args)
+    return {"train": cmd_train, "sample": cmd_sample, "time": cmd_time, "steer": cmd_steer}[args.cmd](args)
 
 
 if __name__ == "__main__":

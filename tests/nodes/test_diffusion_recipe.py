@@ -175,3 +175,31 @@ def test_judge_separates_synthetic_styles_and_round_trips(tmp_path):
     path = j.save(tmp_path / "judge.safetensors", {"note": "test"})
     assert torch.equal(judge_mod.Judge.load(path).prob_illustration(x_test), p)
     assert b"pickle" not in path.read_bytes()[:200]
+
+
+@pytest.mark.comfy
+def test_steer_bench_runs_both_methods_through_the_nodes(comfy, tiny_run, tmp_path):
+    """The benchmark end to end on the tiny recipe's model: both methods train through LineasTrainStyle,
+    strength 0 is the same unsteered images for both (SSIM 1), strength 1 changes them."""
+    import json
+
+    from bench.diffusion.recipe import FILES
+    from bench.diffusion.steer_bench import BenchConfig, run
+
+    out, _ = tiny_run
+    cfg = BenchConfig(ckpt=str(out / FILES["checkpoint"]), judge=str(out / FILES["judge"]), styles=str(STYLES),
+                      source_n=4, target_n=30, eval_n=4, strengths=(0.0, 1.0), sample_steps=2, train_steps=2,
+                      learning_rate=0.05, batch_size=8, noise_levels=2)
+    res = run(cfg, tmp_path / "bench", comfy=comfy)
+    assert json.loads((tmp_path / "bench" / "results.json").read_text())["comparison"] == res["comparison"]
+    assert len(res["target_images"]) == 30 and any("mirrored" in n for n in res["target_images"])
+    assert len(list((comfy.base / "input" / "lineas_bench_target").iterdir())) == 30
+    for method in ("lineas", "layer-wise"):
+        r = res["methods"][method]
+        zero, one = r["curve"]
+        assert zero["strength"] == 0.0 and zero["ssim_mean"] == pytest.approx(1.0)
+        assert one["ssim_mean"] < 1.0
+        assert r["training"]["method"] == method
+        assert (tmp_path / "bench" / f"sweep_{method}.png").is_file()
+    assert res["methods"]["lineas"]["curve"][0]["p_mean"] == res["methods"]["layer-wise"]["curve"][0]["p_mean"]
+    assert {"lineas_rise_points", "layer-wise_rise_points", "at_layerwise_strength1"} <= set(res["comparison"])

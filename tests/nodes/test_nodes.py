@@ -65,6 +65,25 @@ def test_strength_zero_is_bit_identical_and_strength_one_changes(comfy, trained)
     assert not _same(_pngs(comfy, out, "save_one"), base)
 
 
+def test_layerwise_method_fits_the_baseline_and_records_its_ot_loss(comfy, style_dirs):
+    """The closed-form baseline moves every site and reports the same end-to-end OT loss as LinEAS does
+    (before / after); on this random tiny model it may well raise it: the engine's tests show why."""
+    from lineas_engine import load_steering
+
+    g = base_graph(seed=13)
+    g["train"] = train_node(str(style_dirs / "illustration"), source=["dec", 0], name="lw", method="layer-wise")
+    g["show"] = {"class_type": "PreviewImage", "inputs": {"images": ["train", 1]}}
+    comfy.run(g)
+    path = sorted((comfy.output_dir / "lineas").glob("lw_*.safetensors"))[-1]
+    steering, meta = load_steering(path)
+    assert meta.training["method"] == "layer-wise" and meta.training["steps"] == 0
+    before, after = meta.training["eval_before"], meta.training["eval_after"]
+    assert np.isfinite(before) and np.isfinite(after) and after != before
+    moved = [s for s in steering.specs if not (torch.equal(steering.weight(s), torch.ones_like(steering.weight(s)))
+                                                and torch.equal(steering.bias(s), torch.zeros_like(steering.bias(s))))]
+    assert len(moved) == len(steering.specs)
+
+
 @pytest.mark.parametrize("steered_first", [True, False])
 def test_unsteered_branch_unaffected_in_either_order(comfy, trained, steered_first):
     ref = comfy.run({**base_graph(seed=21), "save": save_image(["dec", 0], "ref")})
