@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from bench.diffusion import metrics
-from bench.diffusion.data import STYLES, list_items, split_items
+from bench.diffusion.data import STYLES, list_items, load_image, split_items
 from bench.diffusion.sample import link_checkpoint, save_png, tile
 
 log = logging.getLogger(__name__)
@@ -162,6 +162,7 @@ def run(cfg: BenchConfig, out: Path, comfy=None) -> dict:
     ckpt_name = link_checkpoint(comfy, Path(cfg.ckpt))
     target = comfy.base / "input" / "lineas_bench_target"
     names = target_folder(cfg, target)
+    save_png(tile(np.stack([load_image(f, cfg.size) for f in sorted(target.iterdir())]), cols=8), out / "target.png")
     strengths = sorted({0.0, *map(float, cfg.strengths)})
     run_tag = f"{os.getpid()}_{time.time_ns()}"
     res: dict = {"config": asdict(cfg), "target_images": names, "threads": torch.get_num_threads(), "methods": {}}
