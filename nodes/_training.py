@@ -126,7 +126,8 @@ def train_style(model, vae, target_images: torch.Tensor, source_images: torch.Te
     if method == "layer-wise":
         steering, result = _fit_layerwise(dm, steering.specs, forward, src, tgt, cfg, device)
     else:
-        result = fit(dm, steering, forward, src, tgt, config=cfg, on_step=on_step)
+        # the loss on the whole source set before / after (as the layer-wise path reports it), not a batch's
+        result = fit(dm, steering, forward, src, tgt, config=cfg, on_step=on_step, eval_source=src)
     arch = architecture_of(model)
     ref = SteeringRef(steering=steering.cpu(), architecture=arch, fingerprint=model_fingerprint(dm, arch),
                       training={**result.summary(), "method": method, "sites": len(sites), "noise_percents": percents,

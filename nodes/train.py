@@ -58,7 +58,7 @@ class LineasTrainStyle(io.ComfyNode):
                              tooltip="bound memory: run the batch in chunks of this size (0 = all at once)"),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF),
                 io.String.Input("name", default="style"),
-                io.Combo.Input("method", options=list(METHODS), default="lineas",
+                io.Combo.Input("method", options=list(METHODS), default="lineas", optional=True,  # old prompts lack it
                                tooltip="; ".join(f"{k}: {v}" for k, v in METHODS.items())),
                 io.Image.Input("target_images", optional=True),
                 io.Image.Input("source_images", optional=True),

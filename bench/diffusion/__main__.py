@@ -129,7 +129,9 @@ def cmd_steer(args) -> int:
     cfg = BenchConfig(ckpt=str(ckpt), judge=str(judge), styles=str(args.styles or default_styles_root()),
                       eval_n=args.n, train_steps=args.train_steps, learning_rate=args.lr,
                       batch_size=args.batch_size, strengths=tuple(args.strengths), sample_steps=args.steps,
-                      methods=tuple(args.methods), sites=args.sites)
+                      methods=tuple(args.methods), sites=args.sites, noise_start=args.noise_start,
+                      noise_end=args.noise_end, noise_levels=args.noise_levels, eval_seed=args.eval_seed,
+                      source_seed=args.source_seed)
     res = run(cfg, Path(args.out).expanduser())
     print(markdown(res))
     print(json.dumps(res["comparison"], indent=1))
@@ -166,9 +168,14 @@ def main(argv: list[str] | None = None) -> int:
     st.add_argument("--train-steps", type=int, default=150)
     st.add_argument("--lr", type=float, default=0.01)
     st.add_argument("--batch-size", type=int, default=64)
-    st.add_argument("--strengths", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0])
+    st.add_argument("--strengths", type=float, nargs="+", default=[0.0, 0.1, 0.25, 0.5, 0.75, 1.0])
     st.add_argument("--methods", nargs="+", default=["lineas", "layer-wise"], choices=["lineas", "layer-wise"])
     st.add_argument("--sites", default="all norms")
+    st.add_argument("--noise-start", type=float, default=0.0, help="first training noise level (percent of schedule)")
+    st.add_argument("--noise-end", type=float, default=1.0)
+    st.add_argument("--noise-levels", type=int, default=8)
+    st.add_argument("--source-seed", type=int, default=1000, help="seed of the 32 source generations")
+    st.add_argument("--eval-seed", type=int, default=0, help="seed of the evaluation samples (all strengths)")
     st.add_argument("--threads", type=int, default=0)
     ti = sub.add_parser("time", help="seconds per training step (a few steps of each stage)")
     _common(ti)

@@ -43,14 +43,14 @@ class BenchConfig:
     target_n: int = 32
     eval_n: int = 128
     eval_seed: int = 0
-    strengths: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+    strengths: tuple[float, ...] = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)
     sample_steps: int = 20
     train_steps: int = 150
     learning_rate: float = 0.01
     batch_size: int = 64
-    noise_start: float = 0.2
-    noise_end: float = 0.9
-    noise_levels: int = 4
+    noise_start: float = 0.0  # the steering acts at every sampling step: train it on the whole schedule
+    noise_end: float = 1.0
+    noise_levels: int = 8
     sites: str = "all norms"
     seed: int = 0
     methods: tuple[str, ...] = METHODS
@@ -220,6 +220,10 @@ def compare(methods: dict) -> dict:
     if {"lineas", "layer-wise"} <= set(methods):
         lw1 = {p["strength"]: p for p in methods["layer-wise"]["curve"]}.get(1.0)
         li1 = {p["strength"]: p for p in methods["lineas"]["curve"]}.get(1.0)
+        out["layerwise_ssim_at_lineas_points"] = [
+            {"strength": p["strength"], "illustration_fraction": p["illustration_fraction"], "lineas_ssim": p["ssim_mean"],
+             "layerwise_ssim": metrics.ssim_at_fraction(methods["layer-wise"]["curve"], p["illustration_fraction"])}
+            for p in sorted(methods["lineas"]["curve"], key=lambda q: q["strength"])]
         if lw1 and li1:
             out["at_layerwise_strength1"] = {
                 "illustration_fraction": lw1["illustration_fraction"], "layerwise_ssim": lw1["ssim_mean"],

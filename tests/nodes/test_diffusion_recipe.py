@@ -203,4 +203,5 @@ def test_steer_bench_runs_both_methods_through_the_nodes(comfy, tiny_run, tmp_pa
         assert (tmp_path / "bench" / f"sweep_{method}.png").is_file()
     assert (tmp_path / "bench" / "target.png").is_file() and (tmp_path / "bench" / "source.png").is_file()
     assert res["methods"]["lineas"]["curve"][0]["p_mean"] == res["methods"]["layer-wise"]["curve"][0]["p_mean"]
-    assert {"lineas_rise_points", "layer-wise_rise_points", "at_layerwise_strength1"} <= set(res["comparison"])
+    assert {"lineas_rise_points", "layer-wise_rise_points", "at_layerwise_strength1",
+            "layerwise_ssim_at_lineas_points"} <= set(res["comparison"])

@@ -65,6 +65,16 @@ def test_strength_zero_is_bit_identical_and_strength_one_changes(comfy, trained)
     assert not _same(_pngs(comfy, out, "save_one"), base)
 
 
+def test_lineas_training_lowers_the_ot_loss_on_the_whole_source_set(comfy, trained):
+    import folder_paths
+
+    from lineas_engine import load_steering
+
+    _, meta = load_steering(folder_paths.get_full_path_or_raise("lineas", trained))
+    assert meta.training["method"] == "lineas" and meta.training["steps"] == 6
+    assert meta.training["eval_after"] < meta.training["eval_before"]
+
+
 def test_layerwise_method_fits_the_baseline_and_records_its_ot_loss(comfy, style_dirs):
     """The closed-form baseline moves every site and reports the same end-to-end OT loss as LinEAS does
     (before / after); on this random tiny model it may well raise it: the engine's tests show why."""
