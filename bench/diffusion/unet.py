@@ -34,7 +34,7 @@ class UNetConfig:
     num_res_blocks: int = 1
     transformer_depth: int = 1  # per res block, input and output side
     middle: int = 1  # -2: no middle block, -1: one res block, >= 0: res + transformer(depth) + res
-    steps: int = 4000
+    steps: int = 3200
     batch: int = 32
     lr: float = 2e-4
     warmup: int = 200

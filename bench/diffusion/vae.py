@@ -29,7 +29,7 @@ SD15_SCALE = 0.18215  # ComfyUI latent_formats.SD15.scale_factor
 
 @dataclass
 class VAEConfig:
-    steps: int = 2500
+    steps: int = 2000
     batch: int = 16
     lr: float = 5e-4
     warmup: int = 100
