@@ -121,10 +121,9 @@ def cmd_steer(args) -> int:
     from bench.diffusion.steer_bench import BenchConfig, markdown, run
 
     ckpt, judge = Path(args.ckpt).expanduser(), Path(args.judge).expanduser()
-    for what, path in (("checkpoint", ckpt), ("judge", judge)):
+    for flag, path in (("--ckpt", ckpt), ("--judge", judge)):
         if not path.is_file():
-            sys.stderr.write(f"{what} {path} not found: run `python -m bench.diffusion train` first "
-                             f"(or pass --{what if what == 'judge' else 'ckpt'})\n")
+            sys.stderr.write(f"{flag} {path} not found: run `python -m bench.diffusion train` first (or pass {flag})\n")
             return 2
     cfg = BenchConfig(ckpt=str(ckpt), judge=str(judge), styles=str(args.styles or default_styles_root()),
                       eval_n=args.n, train_steps=args.train_steps, learning_rate=args.lr,

@@ -79,6 +79,10 @@ class Judge:
     def prob_illustration(self, x: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.logits(x)).float()
 
+    def prob_illustration_uint8(self, images) -> torch.Tensor:
+        """p(illustration) of images as saved and read back: [N, H, W, 3] uint8 (numpy)."""
+        return self.prob_illustration(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255)
+
     def accuracy(self, x: torch.Tensor, y: torch.Tensor) -> dict:
         if x.shape[0] == 0:
             return {"n": 0}

@@ -176,8 +176,7 @@ def run(cfg: RecipeConfig, out: Path) -> dict:
 
 
 def write_report(out: Path, report: dict) -> Path:
-    path = Path(out) / FILES["report"]
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(report, indent=1, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
-    return path
+    from lineas_engine import atomic_write_bytes
+
+    return atomic_write_bytes(Path(out) / FILES["report"],
+                              (json.dumps(report, indent=1, sort_keys=True, default=str) + "\n").encode())

@@ -5,6 +5,7 @@ SaveImage), and tile them into one grid PNG."""
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 import tempfile
@@ -16,21 +17,41 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
-def graph(ckpt_name: str, n: int, seed: int, steps: int, size: int = 64, prefix: str = "lineas_styles",
-          sampler: str = "euler", scheduler: str = "normal", cfg: float = 1.0) -> dict:
-    """API-format prompt: n unconditional samples of one seed (image i is fixed by seed and i)."""
+def loader_nodes(ckpt_name: str) -> dict:
+    """API-format nodes: the checkpoint and the zeroed conditioning (``zero``) every sampler here uses."""
     return {
         "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt_name}},
         "text": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["ckpt", 1], "text": ""}},
         "zero": {"class_type": "ConditioningZeroOut", "inputs": {"conditioning": ["text", 0]}},
-        "empty": {"class_type": "EmptyLatentImage", "inputs": {"width": size, "height": size, "batch_size": n}},
-        "ks": {"class_type": "KSampler", "inputs": {
-            "model": ["ckpt", 0], "positive": ["zero", 0], "negative": ["zero", 0], "latent_image": ["empty", 0],
+    }
+
+
+def sampler_nodes(model: list, n: int, seed: int, steps: int, size: int = 64, tag: str = "gen",
+                  sampler: str = "euler", scheduler: str = "normal", cfg: float = 1.0) -> dict:
+    """``empty_<tag>`` -> ``ks_<tag>`` (``model``, zeroed conditioning) -> ``dec_<tag>``: n unconditional
+    samples of one seed (image i is fixed by seed and i). Needs :func:`loader_nodes` in the same graph."""
+    return {
+        f"empty_{tag}": {"class_type": "EmptyLatentImage", "inputs": {"width": size, "height": size, "batch_size": n}},
+        f"ks_{tag}": {"class_type": "KSampler", "inputs": {
+            "model": model, "positive": ["zero", 0], "negative": ["zero", 0], "latent_image": [f"empty_{tag}", 0],
             "seed": seed, "steps": steps, "cfg": cfg, "sampler_name": sampler, "scheduler": scheduler,
             "denoise": 1.0}},
-        "dec": {"class_type": "VAEDecode", "inputs": {"samples": ["ks", 0], "vae": ["ckpt", 2]}},
-        "save": {"class_type": "SaveImage", "inputs": {"images": ["dec", 0], "filename_prefix": prefix}},
+        f"dec_{tag}": {"class_type": "VAEDecode", "inputs": {"samples": [f"ks_{tag}", 0], "vae": ["ckpt", 2]}},
     }
+
+
+def graph(ckpt_name: str, n: int, seed: int, steps: int, size: int = 64, prefix: str = "lineas_styles") -> dict:
+    """API-format prompt: n unconditional samples of the checkpoint, saved by node ``save``."""
+    return {**loader_nodes(ckpt_name), **sampler_nodes(["ckpt", 0], n, seed, steps, size),
+            "save": {"class_type": "SaveImage", "inputs": {"images": ["dec_gen", 0], "filename_prefix": prefix}}}
+
+
+def read_images(comfy, outputs: dict, node: str) -> np.ndarray:
+    """The images a SaveImage node wrote, [N, H, W, 3] uint8."""
+    from PIL import Image
+
+    return np.stack([np.asarray(Image.open(comfy.output_dir / im.get("subfolder", "") / im["filename"]).convert("RGB"))
+                     for im in outputs[node]["images"]])
 
 
 def link_checkpoint(comfy, ckpt: Path) -> str:
@@ -61,8 +82,6 @@ def tile(images: np.ndarray, cols: int = 0) -> np.ndarray:
 def generate(ckpt: Path, n: int = 16, seed: int = 0, steps: int = 20, comfy=None, size: int = 64) -> np.ndarray:
     """n images [n, size, size, 3] uint8 from ``ckpt`` through ComfyUI's nodes. ``comfy``: an
     ``InProcessComfy`` to reuse (ComfyUI initialises once per process); else one is started."""
-    from PIL import Image
-
     if comfy is None:
         from bench.diffusion.comfy_runtime import InProcessComfy
 
@@ -71,28 +90,26 @@ def generate(ckpt: Path, n: int = 16, seed: int = 0, steps: int = 20, comfy=None
     t = time.perf_counter()
     prefix = f"lineas_styles_{os.getpid()}_{time.time_ns()}"
     outputs = comfy.run(graph(name, n, seed, steps, size, prefix=prefix))
-    images = [np.asarray(Image.open(comfy.output_dir / im.get("subfolder", "") / im["filename"]).convert("RGB"))
-              for im in outputs["save"]["images"]]
+    images = read_images(comfy, outputs, "save")
     log.info("sampled %d images (%d steps) in %.1f s", n, steps, time.perf_counter() - t)
-    return np.stack(images)
+    return images
 
 
 def save_png(image: np.ndarray, path: Path) -> Path:
     from PIL import Image
 
+    from lineas_engine import atomic_write_bytes
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    Image.fromarray(image).save(tmp, format="PNG")
-    os.replace(tmp, path)
-    return path
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return atomic_write_bytes(path, buf.getvalue())
 
 
 def sample_grid(ckpt: Path, out_png: Path, n: int = 16, seed: int = 0, steps: int = 20, comfy=None,
                 judge_path: Path | None = None) -> dict:
     """``generate`` + one grid PNG (written atomically); with a judge file, also p(illustration) per image."""
-    import torch
-
     t = time.perf_counter()
     images = generate(ckpt, n=n, seed=seed, steps=steps, comfy=comfy)
     save_png(tile(images), out_png)
@@ -100,7 +117,7 @@ def sample_grid(ckpt: Path, out_png: Path, n: int = 16, seed: int = 0, steps: in
     if judge_path is not None and Path(judge_path).is_file():
         from bench.diffusion.judge import Judge
 
-        p = Judge.load(judge_path).prob_illustration(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255)
+        p = Judge.load(judge_path).prob_illustration_uint8(images)
         res["p_illustration"] = [round(v, 3) for v in p.tolist()]
         res["judged_illustration_fraction"] = round((p > 0.5).float().mean().item(), 3)
     return res

@@ -23,7 +23,8 @@ import torch
 
 from bench.diffusion import metrics
 from bench.diffusion.data import STYLES, list_items, load_image, split_items
-from bench.diffusion.sample import link_checkpoint, save_png, tile
+from bench.diffusion.sample import link_checkpoint, loader_nodes, read_images, sampler_nodes, save_png, tile
+from lineas_engine import atomic_write_bytes, load_steering
 
 log = logging.getLogger(__name__)
 
@@ -85,27 +86,9 @@ def target_folder(cfg: BenchConfig, folder: Path) -> list[str]:
     return names
 
 
-def _base(ckpt_name: str) -> dict:
-    return {
-        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt_name}},
-        "text": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["ckpt", 1], "text": ""}},
-        "zero": {"class_type": "ConditioningZeroOut", "inputs": {"conditioning": ["text", 0]}},
-    }
-
-
-def _sampler(model: list, n: int, seed: int, steps: int, size: int, tag: str) -> dict:
-    return {
-        f"empty_{tag}": {"class_type": "EmptyLatentImage", "inputs": {"width": size, "height": size, "batch_size": n}},
-        f"ks_{tag}": {"class_type": "KSampler", "inputs": {
-            "model": model, "positive": ["zero", 0], "negative": ["zero", 0], "latent_image": [f"empty_{tag}", 0],
-            "seed": seed, "steps": steps, "cfg": 1.0, "sampler_name": "euler", "scheduler": "normal",
-            "denoise": 1.0}},
-        f"dec_{tag}": {"class_type": "VAEDecode", "inputs": {"samples": [f"ks_{tag}", 0], "vae": ["ckpt", 2]}},
-    }
-
-
 def train_graph(cfg: BenchConfig, ckpt_name: str, target: Path, method: str, name: str) -> dict:
-    g = {**_base(ckpt_name), **_sampler(["ckpt", 0], cfg.source_n, cfg.source_seed, cfg.sample_steps, cfg.size, "src")}
+    g = {**loader_nodes(ckpt_name),
+         **sampler_nodes(["ckpt", 0], cfg.source_n, cfg.source_seed, cfg.sample_steps, cfg.size, tag="src")}
     g["save_src"] = {"class_type": "SaveImage", "inputs": {"images": ["dec_src", 0], "filename_prefix": f"{name}_src"}}
     g["train"] = {"class_type": "LineasTrainStyle", "inputs": {
         "model": ["ckpt", 0], "vae": ["ckpt", 2], "target_folder": str(target), "source_folder": "",
@@ -118,26 +101,15 @@ def train_graph(cfg: BenchConfig, ckpt_name: str, target: Path, method: str, nam
 
 
 def eval_graph(cfg: BenchConfig, ckpt_name: str, steering_file: str, strengths, prefix: str) -> dict:
-    g = {**_base(ckpt_name), "load": {"class_type": "LineasLoad", "inputs": {"steering_name": steering_file}}}
+    g = {**loader_nodes(ckpt_name), "load": {"class_type": "LineasLoad", "inputs": {"steering_name": steering_file}}}
     for k, s in enumerate(strengths):
         g[f"apply_{k}"] = {"class_type": "LineasApply", "inputs": {
             "model": ["ckpt", 0], "steering": ["load", 0], "strength": float(s), "start_percent": 0.0,
             "end_percent": 1.0, "invert": False, "mode": "hooks"}}
-        g.update(_sampler([f"apply_{k}", 0], cfg.eval_n, cfg.eval_seed, cfg.sample_steps, cfg.size, str(k)))
+        g.update(sampler_nodes([f"apply_{k}", 0], cfg.eval_n, cfg.eval_seed, cfg.sample_steps, cfg.size, tag=str(k)))
         g[f"save_{k}"] = {"class_type": "SaveImage", "inputs": {"images": [f"dec_{k}", 0],
                                                                  "filename_prefix": f"{prefix}_{k}"}}
     return g
-
-
-def _read(comfy, outputs: dict, node: str) -> np.ndarray:
-    from PIL import Image
-
-    return np.stack([np.asarray(Image.open(comfy.output_dir / im.get("subfolder", "") / im["filename"]).convert("RGB"))
-                     for im in outputs[node]["images"]])
-
-
-def _judge_p(judge, images: np.ndarray) -> np.ndarray:
-    return judge.prob_illustration(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255).numpy()
 
 
 def sweep_grid(per_strength: list[np.ndarray], rows: int) -> np.ndarray:
@@ -177,23 +149,21 @@ def run(cfg: BenchConfig, out: Path, comfy=None) -> dict:
         if len(new) != 1:
             raise RuntimeError(f"expected one new steering file for {name}, found {new}")
         shutil.copy2(new[0], out / f"steering_{method}.safetensors")
-        from lineas_engine import load_steering
-
         _, meta = load_steering(new[0])
-        source = _read(comfy, outputs, "save_src")
+        source = read_images(comfy, outputs, "save_src")
         t = time.perf_counter()
         outputs = comfy.run(eval_graph(cfg, ckpt_name, new[0].name, strengths, f"{name}_eval"))
         sample_s = time.perf_counter() - t
-        per = [_read(comfy, outputs, f"save_{k}") for k in range(len(strengths))]
+        per = [read_images(comfy, outputs, f"save_{k}") for k in range(len(strengths))]
         if reference is None:
             reference = per[0]
-            res["source"] = metrics.illustration_stats(_judge_p(judge, source))
+            res["source"] = metrics.illustration_stats(judge.prob_illustration_uint8(source).numpy())
             save_png(tile(source[:32], cols=8), out / "source.png")
         elif not np.array_equal(per[0], reference):
             raise RuntimeError("strength-0 samples differ between methods: the unsteered model is not reproducible")
         curve = []
         for s, images in zip(strengths, per):
-            row = {"strength": s, **metrics.illustration_stats(_judge_p(judge, images)),
+            row = {"strength": s, **metrics.illustration_stats(judge.prob_illustration_uint8(images).numpy()),
                    **metrics.faithfulness_stats(metrics.ssim_to_reference(images, reference))}
             curve.append(row)
             log.info("%s strength %.2f: illustration %.3f, SSIM %.3f", method, s, row["illustration_fraction"],
@@ -203,9 +173,7 @@ def run(cfg: BenchConfig, out: Path, comfy=None) -> dict:
                                   "sample_seconds": round(sample_s, 1), "training": meta.training,
                                   "sites": len(meta.sites)}
     res["comparison"] = compare(res["methods"])
-    tmp = out / f".results.json.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(res, indent=1, default=float))
-    os.replace(tmp, out / "results.json")
+    atomic_write_bytes(out / "results.json", json.dumps(res, indent=1, default=float).encode())
     return res
 
 
