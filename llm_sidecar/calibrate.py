@@ -13,8 +13,10 @@ from lineas_engine import LineasError, Steering
 
 from .models import LoadedModel
 from .perplexity import perplexity
+from .train import TrainOutcome
 
-__all__ = ["Calibration", "calibrate_strength", "bisect_strength", "save_calibrated"]
+__all__ = ["Calibration", "calibrate_strength", "calibrate_outcome", "check_budget", "bisect_strength",
+           "save_calibrated"]
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +32,11 @@ class Calibration:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def check_budget(max_increase: float) -> None:
+    if not max_increase > 0:
+        raise LineasError(f"--max-ppl-increase must be > 0 (e.g. 0.1 for +10%), got {max_increase}")
 
 
 def bisect_strength(ok: Callable[[float], bool], iterations: int = 6) -> float:
@@ -50,8 +57,7 @@ def bisect_strength(ok: Callable[[float], bool], iterations: int = 6) -> float:
 def calibrate_strength(lm: LoadedModel, steering: Steering, texts: Sequence[str], *, max_increase: float = 0.1,
                        iterations: int = 6, show_progress: bool = False) -> Calibration:
     """Bisect the strength so that perplexity on ``texts`` is at most ``(1 + max_increase)`` x the base."""
-    if not max_increase > 0:
-        raise LineasError(f"--max-ppl-increase must be > 0 (e.g. 0.1 for +10%), got {max_increase}")
+    check_budget(max_increase)
     if len(texts) < 1:
         raise LineasError("calibration needs at least 1 neutral text (--calibrate-on FILE)")
     base = perplexity(lm, texts, show_progress=show_progress, desc="calibrate: base")
@@ -69,6 +75,15 @@ def calibrate_strength(lm: LoadedModel, steering: Steering, texts: Sequence[str]
     at = dict(seen).get(lam, base)
     return Calibration(strength=lam, max_increase=max_increase, base_perplexity=base, perplexity=at,
                        num_texts=len(texts), evaluations=seen)
+
+
+def calibrate_outcome(lm: LoadedModel, outcome: TrainOutcome, texts: Sequence[str], *,
+                      max_increase: float = 0.1) -> Calibration:
+    """Calibrate a freshly trained steering in place: ``outcome.steering`` becomes the map at the calibrated
+    strength (so that :func:`llm_sidecar.train.save_trained` saves it, with the record)."""
+    cal = calibrate_strength(lm, outcome.steering.to(lm.device), texts, max_increase=max_increase)
+    outcome.steering, outcome.calibration = outcome.steering.at_strength(cal.strength), cal.to_dict()
+    return cal
 
 
 def save_calibrated(path, steering: Steering, meta, calibration: Calibration, texts: Sequence[str]) -> None:

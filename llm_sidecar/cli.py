@@ -178,9 +178,10 @@ def cmd_train(a) -> int:
         prompts = read_texts(a.from_prompts, what="--from-prompts")
     calib = read_texts(a.calibrate_on, what="--calibrate-on") if a.calibrate_on else None
     if calib is not None:
+        from .calibrate import check_budget
+
         require_samples(calib, "--calibrate-on", 1)
-        if not a.max_ppl_increase > 0:
-            raise LineasError(f"--max-ppl-increase must be > 0 (e.g. 0.1 for +10%), got {a.max_ppl_increase}")
+        check_budget(a.max_ppl_increase)  # before the model loads
     lm = load_model(a.model, a.device, a.dtype)
     if prompts:
         from .build import build_sets
@@ -192,11 +193,9 @@ def cmd_train(a) -> int:
                                  max_length=a.max_length, on_step=bar)
     cal_note = ""
     if calib is not None:
-        from .calibrate import calibrate_strength
+        from .calibrate import calibrate_outcome
 
-        cal = calibrate_strength(lm, outcome.steering.to(lm.device), calib, max_increase=a.max_ppl_increase)
-        outcome.steering = outcome.steering.at_strength(cal.strength)
-        outcome.calibration = cal.to_dict()
+        cal = calibrate_outcome(lm, outcome, calib, max_increase=a.max_ppl_increase)
         cal_note = (f"; calibrated to strength {cal.strength:.3f} (perplexity {cal.base_perplexity:.2f} -> "
                     f"{cal.perplexity:.2f} on {cal.num_texts} --calibrate-on texts)")
     save_trained(out, lm, outcome, cfg, training_prompts=prompts, calibration_texts=calib or ())

@@ -16,7 +16,7 @@ from typing import TextIO
 from lineas_engine import TrainConfig
 
 from .build import build_sets
-from .calibrate import calibrate_strength
+from .calibrate import calibrate_outcome
 from .data import check_disjoint, hash_texts, neutral_sentences, rtp_prompts, split
 from .evaluate import evaluate_strengths
 from .generate import GenConfig
@@ -61,8 +61,7 @@ def run_demo(*, model: str = "smollm2", n: int = 32, steps: int = 100, eval_prom
         f"({r.steps} steps, OT loss {r.losses[0]:.4g} -> {r.losses[-1]:.4g})")
     learned = outcome.steering.to(lm.device)
     if calib:
-        cal = calibrate_strength(lm, learned, calib, max_increase=max_ppl_increase)
-        outcome.steering, outcome.calibration = outcome.steering.at_strength(cal.strength), cal.to_dict()
+        cal = calibrate_outcome(lm, outcome, calib, max_increase=max_ppl_increase)
         say(f"calibrated to a +{max_ppl_increase:.0%} perplexity budget on {len(calib)} other neutral sentences: "
             f"strength {cal.strength:.3f} of the learned map is saved as strength 1")
     path = Path(out) if out else Path(tempfile.mkdtemp(prefix="lineas-demo-")) / "detox.safetensors"
