@@ -41,20 +41,25 @@ def fit_layerwise(
     root: nn.Module,
     specs: Mapping[str, SiteSpec],
     forward: Forward,
-    source: Mapping[str, Any],
+    source: Mapping[str, Any] | None,
     target: Mapping[str, Any] | None = None,
     *,
     target_acts: Mapping[str, torch.Tensor] | None = None,
+    source_acts: Mapping[str, torch.Tensor] | None = None,
     batch_size: int = 32,
     mask_key: str | None = "attention_mask",
 ) -> Steering:
     """A steering whose map at each site transports that site's unsteered source activations onto the
-    target's, independently of every other site."""
+    target's, independently of every other site. ``target_acts`` / ``source_acts`` (from
+    :func:`record_activations` of the unsteered model) skip recording that side."""
     if target_acts is None:
         if target is None:
             raise ValueError("fit_layerwise needs target samples or cached target_acts")
         target_acts = record_activations(root, specs, forward, target, batch_size=batch_size, mask_key=mask_key)
-    src_acts = record_activations(root, specs, forward, source, batch_size=batch_size, mask_key=mask_key)
+    if source_acts is None and source is None:
+        raise ValueError("fit_layerwise needs source samples or cached source_acts")
+    src_acts = source_acts if source_acts is not None else record_activations(
+        root, specs, forward, source, batch_size=batch_size, mask_key=mask_key)
     steering = Steering(specs)
     with torch.no_grad():
         for site in specs:

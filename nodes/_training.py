@@ -20,6 +20,7 @@ from ..lineas_engine import (
     find_sites,
     fit,
     fit_layerwise,
+    grouped_loss,
     model_fingerprint,
     record_activations,
     site_specs,
@@ -143,11 +144,11 @@ def _fit_layerwise(dm, specs, forward, src, tgt, cfg: TrainConfig, device) -> tu
     """The layer-wise baseline on the same samples, with the end-to-end OT loss (per noise level) of the
     unsteered and the steered model so both methods report the same figure."""
     t0 = time.perf_counter()
-    tgt_acts = record_activations(dm, specs, forward, tgt, batch_size=cfg.batch_size, mask_key=None)
-    steering = fit_layerwise(dm, specs, forward, src, target_acts=tgt_acts, batch_size=cfg.batch_size,
-                             mask_key=None).to(device)
-    groups = tgt[cfg.group_key]
-    before = evaluate_loss(dm, None, forward, src, tgt_acts, specs=specs, config=cfg, target_groups=groups)
-    after = evaluate_loss(dm, steering, forward, src, tgt_acts, config=cfg, target_groups=groups)
+    tgt_acts, src_acts = (record_activations(dm, specs, forward, x, batch_size=cfg.batch_size, mask_key=None)
+                          for x in (tgt, src))
+    steering = fit_layerwise(dm, specs, forward, src, target_acts=tgt_acts, source_acts=src_acts).to(device)
+    src_groups, tgt_groups = src[cfg.group_key], tgt[cfg.group_key]
+    before = float(grouped_loss(src_acts, tgt_acts, src_groups, tgt_groups, cfg.reduction))  # the unsteered model
+    after = evaluate_loss(dm, steering, forward, src, tgt_acts, config=cfg, target_groups=tgt_groups)
     return steering, TrainResult(losses=[before, after], eval_before=before, eval_after=after,
                                  seconds=time.perf_counter() - t0, steps=0, support=1.0)

@@ -202,3 +202,17 @@ def test_early_stop_on_plateau():
     assert res.steps == len(res.losses) < 500
     tail = res.losses[-6:]
     assert min(tail[1:]) >= min(res.losses[:-5]) * (1 - 1e-2)  # it stopped because nothing improved
+
+
+def test_layerwise_with_recorded_activations_equals_recording_them():
+    torch.manual_seed(0)
+    model = Chain(8).eval()
+    specs = {"first": SiteSpec(8), "second": SiteSpec(8)}
+    g = torch.Generator().manual_seed(1)
+    src, tgt = {"x": torch.randn(32, 8, generator=g)}, {"x": torch.randn(32, 8, generator=g) + 1.0}
+    fwd = lambda b: model(b["x"])  # noqa: E731
+    fresh = fit_layerwise(model, specs, fwd, src, tgt, mask_key=None)
+    acts = {k: record_activations(model, specs, fwd, x, mask_key=None) for k, x in (("src", src), ("tgt", tgt))}
+    given = fit_layerwise(model, specs, fwd, None, target_acts=acts["tgt"], source_acts=acts["src"])
+    for s in specs:
+        assert torch.equal(fresh.weight(s), given.weight(s)) and torch.equal(fresh.bias(s), given.bias(s))
