@@ -27,14 +27,14 @@ def make_optimizer(params: Iterable[torch.nn.Parameter], name: str = "sgd", lr: 
     raise ValueError(f"optimizer must be 'sgd', 'adam' or 'adamw', got {name!r}")
 
 
-def cosine_schedule(optimizer: torch.optim.Optimizer, steps: int, warmup: int = 0):
-    """Linear warm-up for ``warmup`` steps, then cosine decay to 0 at ``steps``."""
+def cosine_schedule(optimizer: torch.optim.Optimizer, steps: int, warmup: int = 0, floor: float = 0.0):
+    """Linear warm-up for ``warmup`` steps, then cosine decay to ``floor`` x lr at ``steps``."""
 
     def factor(i: int) -> float:
         if warmup and i < warmup:
             return (i + 1) / warmup
         t = (i - warmup) / max(1, steps - warmup)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 

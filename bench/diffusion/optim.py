@@ -3,23 +3,16 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
+
+from lineas_engine import cosine_schedule
 
 
 def adamw(params, lr: float, steps: int, warmup: int, floor: float = 0.1, weight_decay: float = 0.0,
           betas: tuple[float, float] = (0.9, 0.99)):
     """(optimizer, scheduler); the scheduler is stepped once per optimizer step."""
     opt = torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay)
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        t = min(1.0, (step - warmup) / max(1, steps - warmup))
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
-
-    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    return opt, cosine_schedule(opt, steps, warmup, floor)
 
 
 class EMA:

@@ -70,3 +70,16 @@ def test_cosine_schedule_and_optimizers():
     assert isinstance(make_optimizer(p, "adamw", 1e-3), torch.optim.AdamW)
     with pytest.raises(ValueError, match="optimizer"):
         make_optimizer(p, "lbfgs")
+
+
+def test_cosine_schedule_warmup_and_floor_closed_form():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = cosine_schedule(opt, 12, warmup=2, floor=0.1)
+    lrs = []
+    for _ in range(13):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(0.5) and lrs[1] == pytest.approx(1.0)
+    assert lrs[7] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert lrs[12] == pytest.approx(0.1)
