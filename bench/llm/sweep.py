@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from lineas_engine import TrainConfig, load_steering
+from lineas_engine import TrainConfig, atomic_write_bytes, load_steering
 
 from .protocol import prepare_data
 
@@ -78,8 +78,8 @@ def main(argv=None) -> int:
                          "perplexity": r.perplexity, "ppl_rel": r.perplexity / base.perplexity - 1,
                          "support": r.support, "train_s": seconds, "eval_s": round(time.perf_counter() - t, 1)})
             print(json.dumps(rows[-1]), flush=True)
-        (out / "sweep.json").write_text(json.dumps({"val_prompts": len(val), "val_neutral": len(val_neutral),
-                                                    "rows": rows}, indent=1))
+        atomic_write_bytes(out / "sweep.json", json.dumps({"val_prompts": len(val), "val_neutral": len(val_neutral),
+                                                           "rows": rows}, indent=1).encode())
     return 0
 
 
