@@ -29,7 +29,7 @@ def main(argv=None) -> int:
     ap.add_argument("--sample-steps", type=int, default=10)
     args = ap.parse_args(argv)
 
-    from tests.nodes.comfy_env import InProcessComfy, comfy_available
+    from bench.comfy_runtime import InProcessComfy, comfy_available
 
     ok, why = comfy_available()
     if not ok:

@@ -127,7 +127,7 @@ def run(cfg: BenchConfig, out: Path, comfy=None) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if comfy is None:
-        from bench.diffusion.comfy_runtime import InProcessComfy
+        from bench.comfy_runtime import InProcessComfy
 
         comfy = InProcessComfy(Path(tempfile.mkdtemp(prefix="lineas-steer-bench-")), tiny_checkpoint=False)
     judge = Judge.load(Path(cfg.judge))

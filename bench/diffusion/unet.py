@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn.functional as F
 
-from bench.diffusion.comfy_runtime import init_default_, require_comfy
+from bench.comfy_runtime import init_default_, require_comfy
 from bench.diffusion.optim import EMA, adamw
 
 log = logging.getLogger(__name__)

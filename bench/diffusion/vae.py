@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from bench.diffusion.comfy_runtime import init_default_, require_comfy
+from bench.comfy_runtime import init_default_, require_comfy
 from bench.diffusion.data import StyleData, augment
 from bench.diffusion.optim import adamw
 

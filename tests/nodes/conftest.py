@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.nodes.comfy_env import InProcessComfy, comfy_available
+from bench.comfy_runtime import InProcessComfy, comfy_available
 
 _OK, _WHY = comfy_available()
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.nodes.comfy_env import ComfyServer, comfy_available
+from bench.comfy_runtime import ComfyServer, comfy_available
 from tests.nodes.workflow_format import ui_to_api
 
 REPO = Path(__file__).resolve().parents[2]
@@ -50,7 +50,7 @@ def _shrink(prompt: dict, style_dir: Path) -> dict:
 @pytest.fixture
 def steering_files(comfy, style_dirs):
     """The two files the load/combine workflows name, trained here on the tiny model."""
-    from tests.nodes.graphs import base_graph, train_node
+    from bench.graphs import base_graph, train_node
 
     lineas_models = comfy.base / "models" / "lineas"
     if not (lineas_models / "other_style.safetensors").exists():

@@ -172,7 +172,7 @@ WORKFLOWS = _workflows
 def main() -> None:
     import tempfile
 
-    from tests.nodes.comfy_env import InProcessComfy
+    from bench.comfy_runtime import InProcessComfy
 
     comfy = InProcessComfy(Path(tempfile.mkdtemp(prefix="lineas-wf-")))
     for name, prompt in WORKFLOWS().items():

@@ -1,4 +1,4 @@
-"""A real ComfyUI (at $COMFYUI_PATH, default ~/ComfyUI) run in-process for the node tests, with this
+"""A real ComfyUI (at $COMFYUI_PATH, default ~/ComfyUI) run in-process for the node tests and benchmarks, with this
 repo loaded as a custom node pack from an extra custom_nodes folder (through extra_model_paths.yaml,
 as a user would), and a headless HTTP server for the end-to-end test."""
 
@@ -13,7 +13,7 @@ import time
 import uuid
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 COMFY = Path(os.environ.get("COMFYUI_PATH") or Path.home() / "ComfyUI").expanduser()
 CACHE = Path(os.environ.get("LINEAS_CACHE") or Path.home() / ".cache" / "lineas") / "comfy-fixtures"
 PACK_NAME = "comfyui-lineas"
@@ -76,7 +76,7 @@ class InProcessComfy:
 
         load_extra_path_config(str(yaml))
         if tiny_checkpoint:
-            from tests.nodes.tiny_checkpoint import ensure_checkpoint
+            from bench.tiny_checkpoint import ensure_checkpoint
 
             ckpt = ensure_checkpoint(CACHE / CKPT)
             target = base / "models" / "checkpoints" / CKPT
@@ -141,7 +141,7 @@ class ComfyServer:
     def __init__(self, base: Path, python: str = sys.executable):
         self.base = base
         yaml = make_base_dir(base)
-        from tests.nodes.tiny_checkpoint import ensure_checkpoint
+        from bench.tiny_checkpoint import ensure_checkpoint
 
         target = base / "models" / "checkpoints" / CKPT
         if not target.exists():
@@ -212,3 +212,23 @@ class ComfyServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
         self.log.close()
+
+
+def require_comfy() -> None:
+    """Make ``comfy.*`` importable (CPU, no argument parsing) or raise with the reason it is not."""
+    ok, why = comfy_available()
+    if not ok:
+        raise RuntimeError(why)
+    import_comfy()
+
+
+def init_default_(module) -> None:
+    """ComfyUI's ops skip weight init (they expect a checkpoint): give every conv / linear / norm torch's
+    default initialisation, from torch's global generator (seed it first)."""
+    import torch.nn as nn
+
+    for m in module.modules():
+        for base in (nn.Conv2d, nn.Linear, nn.GroupNorm, nn.LayerNorm):
+            if isinstance(m, base):
+                base.reset_parameters(m)
+                break
