@@ -41,7 +41,7 @@ def main(argv=None) -> int:
     import nodes
 
     pack = next(m for k, m in sys.modules.items() if k.endswith("comfyui-lineas") and hasattr(m, "comfy_entrypoint"))
-    from lineas_engine import Steering, TrainConfig, find_sites, fit, site_specs
+    from lineas_engine import Steering, SteeringRecord, TrainConfig, find_sites, fit, site_specs
 
     with torch.inference_mode():
         model, clip, vae = nodes.CheckpointLoaderSimple().load_checkpoint("tiny_sd15.safetensors")[:3]
@@ -87,7 +87,7 @@ def main(argv=None) -> int:
         for s in steering.sites:
             steering.weight(s).copy_(1 + 0.1 * torch.randn(steering.specs[s].dim, generator=g))
             steering.bias(s).copy_(0.1 * torch.randn(steering.specs[s].dim, generator=g))
-    ref = pack.nodes._steering_ref.SteeringRef(steering=steering, architecture="SD15")
+    ref = SteeringRecord(steering=steering, fingerprint={"architecture": "SD15"})
     apply = pack.nodes._patcher.apply_steering
     variants = {"none": model, "hooked": apply(model, ref, 1.0, mode="hooks"), "folded": apply(model, ref, 1.0, mode="fold")}
     latent = {"samples": torch.zeros(2, 4, 8, 8)}

@@ -13,9 +13,11 @@ import time
 import uuid
 from pathlib import Path
 
+from lineas_engine import cache_root
+
 REPO = Path(__file__).resolve().parents[1]
 COMFY = Path(os.environ.get("COMFYUI_PATH") or Path.home() / "ComfyUI").expanduser()
-CACHE = Path(os.environ.get("LINEAS_CACHE") or Path.home() / ".cache" / "lineas") / "comfy-fixtures"
+CACHE = cache_root() / "comfy-fixtures"
 PACK_NAME = "comfyui-lineas"
 CKPT = "tiny_sd15.safetensors"
 

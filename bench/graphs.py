@@ -22,24 +22,42 @@ def sampler(model: str, latent: str, seed: int = 1, steps: int = 3, model_out: i
         "seed": seed, "steps": steps, "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}}
 
 
+def node_defaults(class_type: str) -> dict:
+    """The widget defaults of a node's required inputs, as the node itself declares them (ComfyUI's
+    INPUT_TYPES), so that graph builders never copy a node's input list. Needs a loaded ComfyUI."""
+    import nodes
+
+    spec = nodes.NODE_CLASS_MAPPINGS[class_type].INPUT_TYPES()
+    out = {}
+    for name, value in spec.get("required", {}).items():
+        opts = value[1] if len(value) > 1 and isinstance(value[1], dict) else {}
+        if "default" in opts:
+            out[name] = opts["default"]
+        elif isinstance(value[0], list) and value[0]:  # a combo without a declared default: its first option
+            out[name] = value[0][0]
+    return out
+
+
+# small and fast: 64 px images, 2 noise levels; everything else is the node's own default
+SMALL_TRAINING = {"learning_rate": 0.02, "noise_start": 0.2, "noise_end": 0.9, "noise_levels": 2, "resolution": 64,
+                  "batch_size": 8}
+
+
 def train_node(target_folder: str, source: list | None = None, source_folder: str = "", steps: int = 4,
-               name: str = "style", seed: int = 0, **over) -> dict:
-    inputs = {"model": ["ckpt", 0], "vae": ["ckpt", 2], "target_folder": target_folder,
-              "source_folder": source_folder, "steps": steps, "learning_rate": 0.02, "optimizer": "adamw",
-              "sparsity": 0.0, "sites": "all norms", "custom_regex": "", "noise_start": 0.2, "noise_end": 0.9,
-              "noise_levels": 2, "resolution": 64, "resize": "crop", "batch_size": 8, "micro_batch": 0,
-              "seed": seed, "name": name}
+               name: str = "style", seed: int = 0, model: list | None = None, vae: list | None = None, **over) -> dict:
+    inputs = {**node_defaults("LineasTrainStyle"), **SMALL_TRAINING, "model": model or ["ckpt", 0],
+              "vae": vae or ["ckpt", 2], "target_folder": target_folder, "source_folder": source_folder,
+              "steps": steps, "seed": seed, "name": name}
     if source is not None:
         inputs["source_images"] = source
     inputs.update(over)
     return {"class_type": "LineasTrainStyle", "inputs": inputs}
 
 
-def apply_node(model: list, steering: list, strength: float = 1.0, invert: bool = False, mode: str = "hooks",
-               start: float = 0.0, end: float = 1.0) -> dict:
-    return {"class_type": "LineasApply", "inputs": {"model": model, "steering": steering, "strength": strength,
-                                                    "start_percent": start, "end_percent": end, "invert": invert,
-                                                    "mode": mode}}
+def apply_node(model: list, steering: list, strength: float = 1.0, **over) -> dict:
+    inputs = {**node_defaults("LineasApply"), "model": model, "steering": steering, "strength": strength}
+    inputs.update(over)
+    return {"class_type": "LineasApply", "inputs": inputs}
 
 
 def save_image(images: list, prefix: str) -> dict:

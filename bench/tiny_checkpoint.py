@@ -5,7 +5,6 @@ repo. Must run in a process where ComfyUI is importable (see bench.comfy_runtime
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
@@ -59,12 +58,11 @@ def build_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
 
 
 def ensure_checkpoint(path: Path, seed: int = 0) -> Path:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
+
+    from lineas_engine import atomic_write_bytes
 
     if path.is_file():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file(build_state_dict(seed), str(tmp))
-    os.replace(tmp, path)
-    return path
+    return atomic_write_bytes(path, save(build_state_dict(seed)))

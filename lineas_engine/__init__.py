@@ -5,6 +5,7 @@ per-coordinate 1-D optimal transport loss between pooled source and target activ
 sparse (proximal sparse group lasso). Imports only torch, numpy, POT and safetensors.
 """
 
+from .config import Forward, OnStep, TrainConfig, TrainResult
 from .errors import (
     IncompatibleSteeringError,
     LineasError,
@@ -25,22 +26,17 @@ from .files import (
 from .fold import FoldReport, fold_, folded_parameters
 from .hooks import Recorder, SteeringHandle, StopForward, attach, run_until_sites, steered
 from .layerwise import affine_ot_fit, fit_layerwise
+from .loop import fit
 from .losses import ot_loss, wasserstein_1d_sq
+from .methods import METHODS, Method, get_method, register_method, train
 from .optim import cosine_schedule, make_optimizer, prox_sparse_group_lasso_, soft_threshold
+from .paths import cache_root
 from .pooling import pool
+from .record import SteeringRecord, load_record, save_record
+from .recording import evaluate_loss, forward_recorded, frozen, grouped_loss, record_activations
+from .samples import minibatches, num_samples, sample_groups, slice_samples
 from .sites import PRESETS, SiteSpec, find_sites, is_norm, probe_site_specs, register_preset, site_specs
 from .steering import Steering, site_key
-from .train import (
-    TrainConfig,
-    TrainResult,
-    evaluate_loss,
-    fit,
-    frozen,
-    grouped_loss,
-    num_samples,
-    record_activations,
-    slice_samples,
-)
 
 __version__ = "0.1.0"
 
@@ -53,10 +49,13 @@ __all__ = [
     "attach", "steered", "Recorder", "SteeringHandle", "StopForward", "run_until_sites",
     "pool", "wasserstein_1d_sq", "ot_loss",
     "make_optimizer", "cosine_schedule", "prox_sparse_group_lasso_", "soft_threshold",
-    "TrainConfig", "TrainResult", "fit", "record_activations", "evaluate_loss", "grouped_loss",
-    "num_samples", "slice_samples", "frozen",
+    "TrainConfig", "TrainResult", "Forward", "OnStep",
+    "train", "register_method", "get_method", "Method", "METHODS",
+    "fit", "record_activations", "forward_recorded", "evaluate_loss", "grouped_loss", "frozen",
+    "num_samples", "slice_samples", "sample_groups", "minibatches",
     "affine_ot_fit", "fit_layerwise",
     "FoldReport", "folded_parameters", "fold_",
     "FORMAT_VERSION", "SteeringMeta", "save_steering", "load_steering", "model_fingerprint",
     "check_compatible", "atomic_write_bytes",
+    "SteeringRecord", "save_record", "load_record", "cache_root",
 ]

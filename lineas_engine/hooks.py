@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterator, Mapping
 import torch
 from torch import nn
 
-from .errors import NoMatchingSiteError, SiteOutputError
+from .errors import LineasError, NoMatchingSiteError, SiteOutputError
 from .pooling import pool
 from .sites import SiteSpec
 from .steering import Steering
@@ -38,9 +38,6 @@ class Recorder:
     @property
     def sites(self) -> list[str]:
         return list(self.specs)
-
-    def set_mask(self, mask: torch.Tensor | None) -> None:
-        self.mask = mask
 
     def record(self, site: str, h: torch.Tensor) -> None:
         if site not in self.order:
@@ -94,7 +91,7 @@ def attach(
     after ``stop_after``.
     """
     if steering is None and recorder is None:
-        raise ValueError("attach needs a steering, a recorder, or both")
+        raise LineasError("attach needs a steering, a recorder, or both")
     sites = list(dict.fromkeys((steering.sites if steering else []) + (recorder.sites if recorder else [])))
     modules = dict(root.named_modules())
     missing = [s for s in sites if s not in modules]
@@ -141,9 +138,10 @@ def _make_hook(site: str, steering: Steering | None, strength: float, recorder: 
 
 
 @contextlib.contextmanager
-def steered(root: nn.Module, steering: Steering, strength: float = 1.0) -> Iterator[SteeringHandle]:
-    """``with steered(model, steering, 0.5): model.generate(...)``; hooks are gone afterwards."""
-    handle = attach(root, steering, strength)
+def steered(root: nn.Module, steering: Steering | None, strength: float = 1.0) -> Iterator[SteeringHandle]:
+    """``with steered(model, steering, 0.5): model.generate(...)``; hooks are gone afterwards. No steering
+    or strength 0 attaches nothing (the model runs exactly as it is)."""
+    handle = attach(root, steering, strength) if steering is not None and strength != 0 else SteeringHandle([])
     try:
         yield handle
     finally:

@@ -10,9 +10,11 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from .config import Forward
+from .errors import LineasError
+from .recording import record_activations
 from .sites import SiteSpec
 from .steering import Steering
-from .train import Forward, record_activations
 
 __all__ = ["affine_ot_fit", "fit_layerwise"]
 
@@ -54,10 +56,10 @@ def fit_layerwise(
     :func:`record_activations` of the unsteered model) skip recording that side."""
     if target_acts is None:
         if target is None:
-            raise ValueError("fit_layerwise needs target samples or cached target_acts")
+            raise LineasError("fit_layerwise needs target samples or cached target_acts")
         target_acts = record_activations(root, specs, forward, target, batch_size=batch_size, mask_key=mask_key)
     if source_acts is None and source is None:
-        raise ValueError("fit_layerwise needs source samples or cached source_acts")
+        raise LineasError("fit_layerwise needs source samples or cached source_acts")
     src_acts = source_acts if source_acts is not None else record_activations(
         root, specs, forward, source, batch_size=batch_size, mask_key=mask_key)
     steering = Steering(specs)

@@ -14,6 +14,8 @@ from typing import Mapping
 
 import torch
 
+from .errors import LineasError
+
 __all__ = ["wasserstein_1d_sq", "ot_loss"]
 
 
@@ -41,17 +43,17 @@ def wasserstein_1d_sq(x: torch.Tensor, y: torch.Tensor, method: str = "sort") ->
     if y.dim() == 1:
         y = y[:, None]
     if x.dim() != 2 or y.dim() != 2 or x.shape[1] != y.shape[1]:
-        raise ValueError(f"expected [n, d] and [m, d] with the same d, got {tuple(x.shape)} and {tuple(y.shape)}")
+        raise LineasError(f"expected [n, d] and [m, d] with the same d, got {tuple(x.shape)} and {tuple(y.shape)}")
     n, m = x.shape[0], y.shape[0]
     if n == 0 or m == 0:
-        raise ValueError(f"need at least one sample on each side, got n={n}, m={m}")
+        raise LineasError(f"need at least one sample on each side, got n={n}, m={m}")
     y = y.to(x.dtype)
     if method == "pot":
         import ot  # POT; imported here to keep `import lineas_engine` light
 
         return ot.wasserstein_1d(x, y, p=2)
     if method != "sort":
-        raise ValueError(f"method must be 'sort' or 'pot', got {method!r}")
+        raise LineasError(f"method must be 'sort' or 'pot', got {method!r}")
     xs = torch.sort(x, dim=0).values
     ys = torch.sort(y, dim=0).values
     if n == m:
@@ -73,10 +75,10 @@ def ot_loss(
     rescaling); ``"sum"`` sums both (the paper's formula).
     """
     if reduction not in ("mean", "sum"):
-        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+        raise LineasError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
     missing = [s for s in source if s not in target]
     if missing:
-        raise KeyError(f"target activations lack sites {missing[:5]}")
+        raise LineasError(f"target activations lack sites {missing[:5]}; record the target at the same sites")
     terms = []
     for site, z in source.items():
         w = wasserstein_1d_sq(z.float(), target[site].float().to(z.device))

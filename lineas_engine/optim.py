@@ -8,6 +8,7 @@ from typing import Iterable
 
 import torch
 
+from .errors import LineasError
 from .steering import Steering
 
 __all__ = ["make_optimizer", "cosine_schedule", "prox_sparse_group_lasso_", "soft_threshold"]
@@ -24,7 +25,7 @@ def make_optimizer(params: Iterable[torch.nn.Parameter], name: str = "sgd", lr: 
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    raise ValueError(f"optimizer must be 'sgd', 'adam' or 'adamw', got {name!r}")
+    raise LineasError(f"optimizer must be 'sgd', 'adam' or 'adamw', got {name!r}")
 
 
 def cosine_schedule(optimizer: torch.optim.Optimizer, steps: int, warmup: int = 0, floor: float = 0.0):

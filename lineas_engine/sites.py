@@ -10,7 +10,7 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
-from .errors import NoMatchingSiteError
+from .errors import LineasError, NoMatchingSiteError
 
 __all__ = [
     "SiteSpec",
@@ -42,9 +42,9 @@ class SiteSpec:
 
     def __post_init__(self) -> None:
         if not isinstance(self.dim, int) or isinstance(self.dim, bool) or self.dim < 1:
-            raise ValueError(f"SiteSpec.dim must be a positive int, got {self.dim!r}")
+            raise LineasError(f"SiteSpec.dim must be a positive int, got {self.dim!r}")
         if self.channel_axis not in (1, -1):
-            raise ValueError(f"SiteSpec.channel_axis must be 1 or -1, got {self.channel_axis!r}")
+            raise LineasError(f"SiteSpec.channel_axis must be 1 or -1, got {self.channel_axis!r}")
 
 
 def is_norm(module: nn.Module) -> bool:
@@ -102,9 +102,9 @@ PRESETS: dict[str, Callable[[nn.Module], list[str]]] = {}
 def register_preset(name: str, fn: Callable[[nn.Module], list[str]]) -> None:
     """Register a site preset ``fn(root) -> module names``; refuses duplicates and bad names."""
     if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
-        raise ValueError(f"preset name {name!r} must be lower_snake_case")
+        raise LineasError(f"preset name {name!r} must be lower_snake_case")
     if name in PRESETS:
-        raise KeyError(f"preset {name!r} already registered")
+        raise LineasError(f"preset {name!r} is already registered; choose another name")
     PRESETS[name] = fn
 
 
@@ -123,7 +123,7 @@ def find_sites(
     """Module names of ``root`` chosen by ``preset`` and/or a regex ``pattern`` (``re.fullmatch`` on the
     full dotted name; with a preset too, both must hold), minus names matching ``exclude``."""
     if pattern is None and preset is None:
-        raise ValueError("find_sites needs a pattern or a preset, e.g. preset='norms'")
+        raise NoMatchingSiteError("find_sites needs a pattern or a preset, e.g. preset='norms'")
     names = [n for n, _ in root.named_modules() if n]
     if preset is not None:
         if preset not in PRESETS:
@@ -137,7 +137,10 @@ def find_sites(
             raise NoMatchingSiteError(f"site pattern {pattern!r} is not a valid regex: {e}") from None
         names = [n for n in names if rx.fullmatch(n)]
     if exclude is not None:
-        ex = re.compile(exclude)
+        try:
+            ex = re.compile(exclude)
+        except re.error as e:
+            raise NoMatchingSiteError(f"site exclude pattern {exclude!r} is not a valid regex: {e}") from None
         names = [n for n in names if not ex.fullmatch(n)]
     if not names:
         examples = _examples(root)

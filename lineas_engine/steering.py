@@ -76,21 +76,39 @@ class Steering(nn.Module):
             w, b = w.view(shape), b.view(shape)
         return torch.addcmul(b, h, w)
 
-    # -- algebra (exact, returns new steerings) -------------------------------------------------------
-    def _from_tensors(self, specs: Mapping[str, SiteSpec], ws: dict, bs: dict) -> "Steering":
-        out = Steering(specs)
+    # -- construction --------------------------------------------------------------------------------
+    @classmethod
+    def from_tensors(cls, specs: Mapping[str, SiteSpec], weights: Mapping[str, torch.Tensor],
+                     biases: Mapping[str, torch.Tensor]) -> "Steering":
+        """A steering (float32, on the CPU) with the given scale and shift at every site of ``specs``."""
+        out = cls(specs)
         with torch.no_grad():
-            for s in specs:
-                out.weight(s).copy_(ws[s])
-                out.bias(s).copy_(bs[s])
+            for s, spec in out.specs.items():
+                for name, src, dst in (("scale", weights, out.weight(s)), ("shift", biases, out.bias(s))):
+                    t = src[s]
+                    if tuple(t.shape) != (spec.dim,):
+                        raise SiteOutputError(
+                            f"{name} of site {s!r} has shape {tuple(t.shape)}, expected ({spec.dim},)")
+                    dst.copy_(t.detach().float().cpu())
         return out
+
+    def subset(self, sites) -> "Steering":
+        """The maps of ``sites`` only (a copy)."""
+        sites = list(sites)
+        unknown = [s for s in sites if s not in self.specs]
+        if unknown:
+            raise LineasError(f"sites {unknown[:3]} are not in this steering ({len(self.specs)} sites)")
+        return Steering.from_tensors({s: self.specs[s] for s in sites}, {s: self.weight(s) for s in sites},
+                                     {s: self.bias(s) for s in sites})
+
+    # -- algebra (exact, returns new steerings) -------------------------------------------------------
 
     def at_strength(self, strength: float) -> "Steering":
         """The map T_lambda as a steering of its own (strength 1)."""
         with torch.no_grad():
             ws = {s: 1 + strength * (self.weight(s) - 1) for s in self.specs}
             bs = {s: strength * self.bias(s) for s in self.specs}
-        return self._from_tensors(self.specs, ws, bs)
+        return Steering.from_tensors(self.specs, ws, bs)
 
     def inverse(self) -> "Steering":
         """T^-1(z) = (z - b) / w; refuses a zero scale."""
@@ -100,7 +118,7 @@ class Steering(nn.Module):
                     raise LineasError(f"site {s!r} has a zero scale: the steering is not invertible there")
             ws = {s: 1 / self.weight(s) for s in self.specs}
             bs = {s: -self.bias(s) / self.weight(s) for s in self.specs}
-        return self._from_tensors(self.specs, ws, bs)
+        return Steering.from_tensors(self.specs, ws, bs)
 
     def then(self, other: "Steering") -> "Steering":
         """``other`` applied after ``self`` on every site (sites of either; missing = identity)."""
@@ -117,7 +135,7 @@ class Steering(nn.Module):
                 w2 = other.weight(s).to(w1) if s in other.specs else torch.ones_like(w1)
                 b2 = other.bias(s).to(w1) if s in other.specs else torch.zeros_like(w1)
                 ws[s], bs[s] = w2 * w1, w2 * b1 + b2
-        return self._from_tensors(specs, ws, bs)
+        return Steering.from_tensors(specs, ws, bs)
 
     # -- statistics -----------------------------------------------------------------------------------
     def stats(self) -> dict[str, dict[str, float]]:

@@ -9,14 +9,14 @@ import logging
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Sequence
 
-from lineas_engine import LineasError, Steering
+from lineas_engine import LineasError, Steering, SteeringRecord
 
+from .data import hash_texts
 from .models import LoadedModel
 from .perplexity import perplexity
-from .train import TrainOutcome
 
-__all__ = ["Calibration", "calibrate_strength", "calibrate_outcome", "check_budget", "bisect_strength",
-           "save_calibrated"]
+__all__ = ["Calibration", "calibrate_strength", "calibrate_record", "apply_calibration", "check_budget",
+           "bisect_strength"]
 
 logger = logging.getLogger(__name__)
 
@@ -77,22 +77,19 @@ def calibrate_strength(lm: LoadedModel, steering: Steering, texts: Sequence[str]
                        num_texts=len(texts), evaluations=seen)
 
 
-def calibrate_outcome(lm: LoadedModel, outcome: TrainOutcome, texts: Sequence[str], *,
-                      max_increase: float = 0.1) -> Calibration:
-    """Calibrate a freshly trained steering in place: ``outcome.steering`` becomes the map at the calibrated
-    strength (so that :func:`llm_sidecar.train.save_trained` saves it, with the record)."""
-    cal = calibrate_strength(lm, outcome.steering.to(lm.device), texts, max_increase=max_increase)
-    outcome.steering, outcome.calibration = outcome.steering.at_strength(cal.strength), cal.to_dict()
+def calibrate_record(lm: LoadedModel, record: SteeringRecord, texts: Sequence[str], *,
+                     max_increase: float = 0.1) -> Calibration:
+    """Calibrate a trained steering in place (see :func:`apply_calibration`)."""
+    cal = calibrate_strength(lm, record.steering.to(lm.device), texts, max_increase=max_increase)
+    apply_calibration(record, cal, texts)
     return cal
 
 
-def save_calibrated(path, steering: Steering, meta, calibration: Calibration, texts: Sequence[str]) -> None:
-    """Save ``steering`` at the calibrated strength with the metadata of the file it came from (``meta``:
-    a :class:`lineas_engine.SteeringMeta`), the calibration record and the hashes of its ``texts``."""
-    from lineas_engine import save_steering
-
-    from .data import hash_texts
-
-    save_steering(path, steering.at_strength(calibration.strength), fingerprint=meta.fingerprint,
-                  config=meta.config, training={**meta.training, "calibration": calibration.to_dict()},
-                  extra={**meta.extra, "calibration_text_hashes": hash_texts(texts)})
+def apply_calibration(record: SteeringRecord, calibration: Calibration, texts: Sequence[str]) -> SteeringRecord:
+    """``record`` becomes the map at the calibrated strength (strength 1 of the saved file), with the
+    calibration in its training record and the hashes of the calibration ``texts`` (so that evaluation
+    refuses them)."""
+    record.steering = record.steering.at_strength(calibration.strength)
+    record.training["calibration"] = calibration.to_dict()
+    record.extra["calibration_text_hashes"] = hash_texts(texts)
+    return record

@@ -11,7 +11,9 @@ import os
 import sys
 from pathlib import Path
 
-from lineas_engine import LineasError, TrainConfig, load_steering
+from lineas_engine import METHODS, LineasError, TrainConfig, get_method, load_steering, save_record
+
+from .judges import JUDGE_HELP
 
 __all__ = ["main", "build_parser"]
 
@@ -63,9 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--from-prompts", help="build both sets from these prompts: continue them with the model, "
                                           "score with --judge, keep the --n most and least toxic")
     t.add_argument("--n", type=int, default=32, help="samples per side (default 32, as in the paper)")
-    t.add_argument("--judge", default="profanity", help="judge for --from-prompts (see eval --help)")
+    t.add_argument("--judge", default="profanity", help="judge for --from-prompts: " + JUDGE_HELP)
     t.add_argument("--out", required=True, help="steering file to write (.safetensors)")
-    t.add_argument("--method", choices=["lineas", "layerwise"], default="lineas")
+    t.add_argument("--method", type=_method_name, choices=sorted(METHODS), default="lineas",
+                   help="; ".join(f"{k}: {m.description}" for k, m in METHODS.items()) + " ('layerwise' also accepted)")
     t.add_argument("--sites", help="regex over module names (default: the paper's post norms for the family)")
     t.add_argument("--steps", type=int, default=1000)
     t.add_argument("--lr", type=float, default=0.1)
@@ -103,8 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seeds", type=_ints, default=[0, 1])
     e.add_argument("--max-prompts", type=int, default=0, help="use the first N prompts (0 = all)")
     e.add_argument("--max-neutral", type=int, default=0, help="use the first N neutral sentences (0 = all)")
-    e.add_argument("--judge", default="profanity",
-                   help="profanity (offline default), detoxify[:variant], or a HF text-classification id")
+    e.add_argument("--judge", default="profanity", help=JUDGE_HELP)
     e.add_argument("--report", required=True, help="folder for results.json / results.md / the PNG plot")
     e.add_argument("--label", default=None, help="name of this steering in the report")
     _gen_args(e)
@@ -140,6 +142,14 @@ def _gen_config(a):
         raise LineasError(str(e)) from None
 
 
+def _method_name(value: str) -> str:
+    """--method: a registered method, by its name or an older spelling (``layerwise``)."""
+    try:
+        return get_method(value).name
+    except LineasError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _check_out_file(path: str) -> Path:
     p = Path(path)
     if p.is_dir():
@@ -159,7 +169,7 @@ def cmd_train(a) -> int:
     from .data import read_texts, require_samples
     from .models import load_model
     from .progress import progress_bar
-    from .train import save_trained, train_steering
+    from .train import train_steering
 
     out = _check_out_file(a.out)
     if a.from_prompts and (a.source or a.target):
@@ -189,20 +199,21 @@ def cmd_train(a) -> int:
 
         source, target = build_sets(lm, prompts, a.n, make_judge(a.judge), _gen_config(a), seed=a.seed)
     with progress_bar(cfg.steps, "train") as bar:
-        outcome = train_steering(lm, source, target, method=a.method, sites_pattern=a.sites, config=cfg,
-                                 max_length=a.max_length, on_step=bar)
+        record, r = train_steering(lm, source, target, method=a.method, sites_pattern=a.sites, config=cfg,
+                                   max_length=a.max_length, on_step=bar, training_prompts=prompts,
+                                   name=Path(out).stem)
     cal_note = ""
     if calib is not None:
-        from .calibrate import calibrate_outcome
+        from .calibrate import calibrate_record
 
-        cal = calibrate_outcome(lm, outcome, calib, max_increase=a.max_ppl_increase)
+        cal = calibrate_record(lm, record, calib, max_increase=a.max_ppl_increase)
         cal_note = (f"; calibrated to strength {cal.strength:.3f} (perplexity {cal.base_perplexity:.2f} -> "
                     f"{cal.perplexity:.2f} on {cal.num_texts} --calibrate-on texts)")
-    save_trained(out, lm, outcome, cfg, training_prompts=prompts, calibration_texts=calib or ())
-    r = outcome.result
-    loss = f", loss {r.losses[0]:.4g} -> {r.losses[-1]:.4g} in {r.steps} steps" if r else ""
-    sys.stdout.write(f"wrote {out} ({outcome.method}, {len(outcome.sites)} sites, {outcome.seconds:.1f} s{loss}, "
-                     f"support {outcome.steering.support():.1%}{cal_note})\n")
+    save_record(out, record)
+    loss = f", loss {r.losses[0]:.4g} -> {r.losses[-1]:.4g} in {r.steps} steps" if r.steps else ""
+    sys.stdout.write(f"wrote {out} ({record.method}, {len(record.steering.sites)} sites, {r.seconds:.1f} s{loss}, "
+                     f"whole-set OT loss {r.eval_before:.4g} -> {r.eval_after:.4g}, "
+                     f"support {record.steering.support():.1%}{cal_note})\n")
     return 0
 
 

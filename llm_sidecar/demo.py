@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 from typing import TextIO
 
-from lineas_engine import TrainConfig
+from lineas_engine import TrainConfig, save_record
 
 from .build import build_sets
-from .calibrate import calibrate_outcome
+from .calibrate import calibrate_record
 from .data import check_disjoint, hash_texts, neutral_sentences, rtp_prompts, split
 from .evaluate import evaluate_strengths
 from .generate import GenConfig
@@ -24,7 +24,7 @@ from .judges import make_judge
 from .models import load_model
 from .progress import progress_bar
 from .report import markdown_table
-from .train import save_trained, train_steering
+from .train import train_steering
 
 __all__ = ["run_demo", "DEMO_CONFIG"]
 
@@ -55,23 +55,23 @@ def run_demo(*, model: str = "smollm2", n: int = 32, steps: int = 100, eval_prom
         f"{len(held)} held-out RTP prompts; {len(texts)} neutral sentences (+ {len(calib)} others to calibrate)")
     cfg = TrainConfig(steps=steps, seed=seed, **DEMO_CONFIG)
     with progress_bar(steps, "train") as bar:
-        outcome = train_steering(lm, toxic, clean, config=cfg, max_length=32, on_step=bar)
-    r = outcome.result
-    say(f"trained LinEAS on {len(outcome.sites)} sites in {outcome.seconds:.0f} s "
+        record, r = train_steering(lm, toxic, clean, config=cfg, max_length=32, on_step=bar, training_prompts=pool,
+                                   name="detox")
+    say(f"trained LinEAS on {len(record.steering.sites)} sites in {r.seconds:.0f} s "
         f"({r.steps} steps, OT loss {r.losses[0]:.4g} -> {r.losses[-1]:.4g})")
-    learned = outcome.steering.to(lm.device)
+    learned = record.steering.to(lm.device)
     if calib:
-        cal = calibrate_outcome(lm, outcome, calib, max_increase=max_ppl_increase)
+        cal = calibrate_record(lm, record, calib, max_increase=max_ppl_increase)
         say(f"calibrated to a +{max_ppl_increase:.0%} perplexity budget on {len(calib)} other neutral sentences: "
             f"strength {cal.strength:.3f} of the learned map is saved as strength 1")
     path = Path(out) if out else Path(tempfile.mkdtemp(prefix="lineas-demo-")) / "detox.safetensors"
-    save_trained(path, lm, outcome, cfg, training_prompts=pool, calibration_texts=calib)
+    save_record(path, record)
     gen = GenConfig(max_new_tokens=max_new_tokens)
     rows = evaluate_strengths(lm, None, held, texts, judge=judge, gen=gen, seeds=(seed,), label="none")
     rows += evaluate_strengths(lm, learned, held, texts, strengths=(1.0,), judge=judge, gen=gen, seeds=(seed,),
                                label="lineas")
     if calib:
-        rows += evaluate_strengths(lm, outcome.steering.to(lm.device), held, texts, strengths=(1.0,), judge=judge,
+        rows += evaluate_strengths(lm, record.steering.to(lm.device), held, texts, strengths=(1.0,), judge=judge,
                                    gen=gen, seeds=(seed,), label="lineas_cal")
     say("")
     say(markdown_table(rows))
@@ -82,4 +82,4 @@ def run_demo(*, model: str = "smollm2", n: int = 32, steps: int = 100, eval_prom
         f"perplexity {base.perplexity:.2f} -> {full.perplexity:.2f} "
         f"({full.perplexity / base.perplexity - 1:+.1%}); judge {judge.name}")
     say(f"steering saved to {path}; total {time.perf_counter() - t_start:.0f} s")
-    return {"rows": rows, "steering": str(path), "outcome": outcome}
+    return {"rows": rows, "steering": str(path), "record": record}

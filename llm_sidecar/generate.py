@@ -3,10 +3,9 @@ protocol as defaults: 32 new tokens, temperature 1.0, top_p 0.3, repetition pena
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -47,7 +46,6 @@ class Generation:
     seconds: float
     new_tokens: int
     seed: int
-    extra: dict = field(default_factory=dict)
 
     @property
     def tokens_per_second(self) -> float:
@@ -77,7 +75,7 @@ def generate(
         kwargs.update(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=0)
     else:
         kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-    ctx = steered(model, steering, strength) if steering is not None and strength != 0 else contextlib.nullcontext()
+    ctx = steered(model, steering, strength)
     torch.manual_seed(seed)
     start = time.perf_counter()
     with ctx, torch.no_grad():

@@ -38,9 +38,6 @@ class Judge:
             return np.zeros(0)
         return np.asarray(self.score_fn(texts), dtype=np.float64)
 
-    def is_toxic(self, texts: Sequence[str]) -> np.ndarray:
-        return self.score(texts) >= self.threshold
-
 
 def _profanity() -> Judge:
     try:

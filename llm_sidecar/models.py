@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from lineas_engine import LineasError
+from lineas_engine import LineasError, cache_root
 
 __all__ = [
     "LoadedModel",
@@ -53,9 +53,6 @@ class LoadedModel:
         return archs[0]
 
 
-def cache_root() -> Path:
-    """``$LINEAS_CACHE`` or ``~/.cache/lineas``."""
-    return Path(os.environ.get("LINEAS_CACHE") or Path.home() / ".cache" / "lineas")
 
 
 def resolve_device(device: str | None = None) -> torch.device:

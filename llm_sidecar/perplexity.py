@@ -3,7 +3,6 @@ log-likelihood over the whole corpus (right padding, padding masked out)."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
@@ -37,7 +36,7 @@ def perplexity(
     old_side = tok.padding_side
     tok.padding_side = "right"
     nll, count = 0.0, 0
-    ctx = steered(model, steering, strength) if steering is not None and strength != 0 else contextlib.nullcontext()
+    ctx = steered(model, steering, strength)
     start = time.perf_counter()
     try:
         with ctx, torch.no_grad():

@@ -3,6 +3,7 @@ perplexity over strengths. Files are written atomically."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
@@ -46,10 +47,10 @@ def _plot(rows: Sequence[StrengthResult], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
     plt.close(fig)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def write_report(out_dir: str | os.PathLike, rows: Sequence[StrengthResult], meta: dict) -> dict[str, Path]:

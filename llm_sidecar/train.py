@@ -1,30 +1,21 @@
 """Learning a steering on a causal LM from two text sets (source = the concept to remove, e.g. toxic;
-target = what to move towards, e.g. non-toxic), with LinEAS (end to end) or the layer-wise baseline."""
+target = what to move towards, e.g. non-toxic), with any registered method of the engine (LinEAS end to
+end, or the layer-wise baseline): the result is the engine's SteeringRecord, saved with save_record."""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
 
-from lineas_engine import (
-    Steering,
-    TrainConfig,
-    TrainResult,
-    fit,
-    fit_layerwise,
-    model_fingerprint,
-    save_steering,
-    site_specs,
-)
+from lineas_engine import SteeringRecord, TrainConfig, TrainResult, model_fingerprint, site_specs, train
 
 from .data import hash_texts, require_samples
 from .models import LoadedModel
 from .sites import choose_sites
 
-__all__ = ["encode", "lm_forward", "TrainOutcome", "train_steering", "save_trained"]
+__all__ = ["encode", "lm_forward", "train_steering"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,17 +32,6 @@ def lm_forward(lm: LoadedModel) -> Callable[[dict], object]:
                               use_cache=False)
 
 
-@dataclass
-class TrainOutcome:
-    steering: Steering
-    method: str
-    sites: list[str]
-    result: TrainResult | None
-    seconds: float
-    source_hashes: list[str]
-    calibration: dict | None = None  # set when the map was calibrated to a utility budget (calibrate.py)
-
-
 def train_steering(
     lm: LoadedModel,
     source: Sequence[str],
@@ -62,46 +42,21 @@ def train_steering(
     config: TrainConfig | None = None,
     max_length: int = 64,
     on_step: Callable[[int, float], None] | None = None,
-) -> TrainOutcome:
-    """Train a steering that maps the model's activations on ``source`` texts onto those on ``target``."""
-    import time
-
+    training_prompts: Sequence[str] = (),
+    name: str = "steering",
+) -> tuple[SteeringRecord, TrainResult]:
+    """Train a steering that maps the model's activations on ``source`` texts onto those on ``target``.
+    The record carries the model's fingerprint and the hashes of every training text and of
+    ``training_prompts`` (the prompts the sets were built from), so that evaluation can refuse them."""
     require_samples(source, "the source set")
     require_samples(target, "the target set")
     cfg = config or TrainConfig()
     sites = choose_sites(lm.model, sites_pattern)
-    specs = site_specs(lm.model, sites)
     src, tgt = encode(lm, source, max_length), encode(lm, target, max_length)
-    fwd = lm_forward(lm)
-    t0 = time.perf_counter()
-    if method == "lineas":
-        steering = Steering(specs).to(lm.device)
-        result = fit(lm.model, steering, fwd, src, tgt, config=cfg, on_step=on_step)
-    elif method == "layerwise":
-        steering = fit_layerwise(lm.model, specs, fwd, src, tgt, batch_size=cfg.batch_size)
-        result = None
-    else:
-        raise ValueError(f"method must be 'lineas' or 'layerwise', got {method!r}")
-    seconds = time.perf_counter() - t0
-    logger.info("%s steering on %d sites trained in %.1f s", method, len(sites), seconds)
-    return TrainOutcome(steering.cpu(), method, sites, result, seconds, hash_texts(list(source) + list(target)))
-
-
-def save_trained(path, lm: LoadedModel, outcome: TrainOutcome, config: TrainConfig, *,
-                 training_prompts: Sequence[str] = (), calibration_texts: Sequence[str] = ()) -> None:
-    """Save with the model fingerprint, the config, a training summary and the hashes of every training
-    text and prompt, and of the calibration texts (so that evaluation can refuse them)."""
-    training = {"method": outcome.method, "seconds": round(outcome.seconds, 2), "num_sites": len(outcome.sites)}
-    if outcome.result is not None:
-        training.update(outcome.result.summary())
-    if outcome.calibration is not None:
-        training["calibration"] = outcome.calibration
-    save_steering(
-        path,
-        outcome.steering,
-        fingerprint={**model_fingerprint(lm.model, lm.architecture), "model": lm.name},
-        config=config.to_dict() if outcome.method == "lineas" else {"method": "layerwise"},
-        training=training,
-        extra={"training_text_hashes": sorted(set(outcome.source_hashes) | set(hash_texts(training_prompts))),
-               **({"calibration_text_hashes": hash_texts(calibration_texts)} if calibration_texts else {})},
-    )
+    steering, result = train(lm.model, site_specs(lm.model, sites), lm_forward(lm), src, tgt, method=method,
+                             config=cfg, on_step=on_step, device=lm.device)
+    fingerprint = {**model_fingerprint(lm.model, lm.architecture), "model": lm.name}
+    record = SteeringRecord.from_training(steering, result, cfg, name=name, fingerprint=fingerprint,
+                                          num_sites=len(sites))
+    record.extra["training_text_hashes"] = sorted(set(hash_texts([*source, *target, *training_prompts])))
+    return record, result

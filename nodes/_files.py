@@ -3,12 +3,12 @@ any `lineas:` entry of extra_model_paths.yaml), safe names, atomic saves."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from pathlib import Path
 
-from ..lineas_engine import LineasError, load_steering, save_steering
-from ._steering_ref import SteeringRef
+from ..lineas_engine import LineasError, SteeringRecord, load_record, save_record
 
 FOLDER = "lineas"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_. -]{0,100}")
@@ -44,7 +44,7 @@ def check_name(name: str) -> str:
     return name
 
 
-def save_ref(ref: SteeringRef, name: str) -> Path:
+def save_ref(ref: SteeringRecord, name: str) -> Path:
     """Save into output/lineas/<name>_NNNNN.safetensors (never overwrites; atomic)."""
     import folder_paths
 
@@ -58,12 +58,11 @@ def save_ref(ref: SteeringRef, name: str) -> Path:
     path = out_dir / f"{name}_{counter:05d}.safetensors"
     if path.resolve().parent != out_dir.resolve():
         raise LineasError(f"steering name {name!r} would leave the output folder")
-    save_steering(path, ref.steering, fingerprint={**ref.fingerprint, "architecture": ref.architecture},
-                  config=ref.config, training=ref.training, extra={"name": name})
+    save_record(path, dataclasses.replace(ref, name=name))
     return path
 
 
-def load_ref(filename: str) -> SteeringRef:
+def load_ref(filename: str) -> SteeringRecord:
     import folder_paths
 
     register_folder()
@@ -71,7 +70,4 @@ def load_ref(filename: str) -> SteeringRef:
     if path is None:
         raise LineasError(f"steering file {filename!r} not found in the lineas folders "
                           f"({', '.join(folder_paths.get_folder_paths(FOLDER))})")
-    steering, meta = load_steering(path)
-    return SteeringRef(steering=steering, architecture=meta.fingerprint.get("architecture", "unknown"),
-                       fingerprint=meta.fingerprint, training=meta.training, config=meta.config,
-                       name=Path(filename).stem)
+    return dataclasses.replace(load_record(path), name=Path(filename).stem)  # the file the user picked

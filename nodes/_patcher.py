@@ -15,11 +15,11 @@ from ..lineas_engine import (
     IncompatibleSteeringError,
     LineasError,
     Steering,
+    SteeringRecord,
     attach,
     check_compatible,
     folded_parameters,
 )
-from ._steering_ref import SteeringRef
 
 __all__ = ["architecture_of", "diffusion_model_of", "check_fits", "apply_steering"]
 
@@ -34,7 +34,7 @@ def architecture_of(model) -> str:
     return type(cfg).__name__ if cfg is not None else type(model.model).__name__
 
 
-def check_fits(model, ref: SteeringRef) -> None:
+def check_fits(model, ref: SteeringRecord) -> None:
     arch = architecture_of(model)
     try:
         check_compatible(ref.steering, diffusion_model_of(model), fingerprint={"architecture": ref.architecture},
@@ -65,7 +65,7 @@ def _hook_wrapper(steering: Steering, strength: float, sigma_start: float, sigma
     return wrapper
 
 
-def apply_steering(model, ref: SteeringRef, strength: float, start_percent: float = 0.0,
+def apply_steering(model, ref: SteeringRecord, strength: float, start_percent: float = 0.0,
                    end_percent: float = 1.0, invert: bool = False, mode: str = "hooks"):
     """A clone of ``model`` with the steering applied; ``model`` itself is never modified."""
     if not 0.0 <= start_percent <= end_percent <= 1.0:
@@ -89,11 +89,7 @@ def apply_steering(model, ref: SteeringRef, strength: float, start_percent: floa
                 patches[f"diffusion_model.{name}"] = ("diff", ((new.float() - old.float()).to(old.dtype),))
         m.add_patches(patches, 1.0)
         if report.skipped:  # sites without an affine: hooks for those only
-            rest = Steering({s: steering.specs[s] for s in report.skipped})
-            with torch.no_grad():
-                for s in rest.sites:
-                    rest.weight(s).copy_(steering.weight(s))
-                    rest.bias(s).copy_(steering.bias(s))
+            rest = steering.subset(report.skipped)
             m.add_wrapper_with_key("apply_model", key, _hook_wrapper(rest, strength, float("inf"), 0.0))
         return m
     if mode != "hooks":

@@ -7,31 +7,23 @@ compares source and target only within the same noise level (the engine's groups
 from __future__ import annotations
 
 import logging
-import time
 
 import torch
 
 from ..lineas_engine import (
     LineasError,
-    Steering,
+    SteeringRecord,
     TrainConfig,
-    TrainResult,
-    evaluate_loss,
     find_sites,
-    fit,
-    fit_layerwise,
-    grouped_loss,
+    get_method,
     model_fingerprint,
-    record_activations,
     site_specs,
+    train,
 )
 from ._patcher import architecture_of
-from ._steering_ref import SteeringRef
 
 logger = logging.getLogger(__name__)
 
-METHODS = {"lineas": "end to end, OT loss at every site seeing every upstream map",
-           "layer-wise": "baseline: each site's affine OT map fitted alone on the unsteered model"}
 PRESETS = {"all norms": "norms", "ResNet norms": "resnet_norms", "transformer norms": "transformer_norms",
            "custom regex": None}
 
@@ -73,7 +65,7 @@ def _context(model, conditioning, dtype) -> torch.Tensor:
     return torch.zeros(1, 77, dim, dtype=dtype)
 
 
-def _noised_samples(model, vae, images: torch.Tensor, percents: list[float], seed: int, group_base: int = 0):
+def _noised_samples(model, vae, images: torch.Tensor, percents: list[float], seed: int):
     base = model.model
     ms = model.get_model_object("model_sampling")
     with torch.no_grad():  # the VAE's parameters require grad; nothing here should be recorded
@@ -86,7 +78,7 @@ def _noised_samples(model, vae, images: torch.Tensor, percents: list[float], see
         for i in range(lat.shape[0]):
             xs.append(ms.noise_scaling(sigma, noise[i : i + 1], lat[i : i + 1].cpu()))
             sig.append(sigma)
-            grp.append(k + group_base)
+            grp.append(k)
     return {"x": torch.cat(xs), "sigma": torch.cat(sig), "lineas_group": torch.tensor(grp)}
 
 
@@ -94,13 +86,13 @@ def train_style(model, vae, target_images: torch.Tensor, source_images: torch.Te
                 steps: int, lr: float, optimizer: str, sparsity: float, preset: str, regex: str,
                 noise_start: float, noise_end: float, levels: int, batch_size: int, micro_batch: int, seed: int,
                 on_step=None, name: str = "style", method: str = "lineas"):
-    """Returns (SteeringRef, TrainResult). Must run outside inference mode (the node takes care).
+    """Returns (SteeringRecord, TrainResult). Must run outside inference mode (the node takes care).
     ``method="layer-wise"`` fits the baseline in closed form instead (``steps``/``lr``/``optimizer``/
-    ``sparsity`` unused); its result holds the OT loss before and after, on the same noise-level groups."""
+    ``sparsity`` unused); every method reports the OT loss on the whole source set before and after, on the
+    same noise-level groups."""
     import comfy.model_management as mm
 
-    if method not in METHODS:
-        raise LineasError(f"method must be one of {list(METHODS)}, got {method!r}")
+    method = get_method(method).name
     if not 0.0 <= noise_start < noise_end <= 1.0:
         raise LineasError(f"need 0 <= noise_start < noise_end <= 1, got {noise_start}, {noise_end}")
     if target_images.shape[0] < 2 or source_images.shape[0] < 2:
@@ -116,7 +108,7 @@ def train_style(model, vae, target_images: torch.Tensor, source_images: torch.Te
     device, dtype = patcher.load_device, base.get_dtype()
     ctx = _context(model, conditioning, torch.float32).to(device)
     sites = choose_sites(dm, preset, regex)
-    steering = Steering(site_specs(dm, sites)).to(device)
+    specs = site_specs(dm, sites)
 
     def forward(b):
         x = b["x"].to(device)
@@ -124,31 +116,12 @@ def train_style(model, vae, target_images: torch.Tensor, source_images: torch.Te
 
     cfg = TrainConfig(steps=steps, lr=lr, optimizer=optimizer, gamma=sparsity, batch_size=batch_size,
                       micro_batch_size=micro_batch or None, seed=seed, mask_key=None, schedule="cosine")
-    if method == "layer-wise":
-        steering, result = _fit_layerwise(dm, steering.specs, forward, src, tgt, cfg, device)
-    else:
-        # the loss on the whole source set before / after (as the layer-wise path reports it), not a batch's
-        result = fit(dm, steering, forward, src, tgt, config=cfg, on_step=on_step, eval_source=src)
+    steering, result = train(dm, specs, forward, src, tgt, method=method, config=cfg, on_step=on_step, device=device)
     arch = architecture_of(model)
-    ref = SteeringRef(steering=steering.cpu(), architecture=arch, fingerprint=model_fingerprint(dm, arch),
-                      training={**result.summary(), "method": method, "sites": len(sites), "noise_percents": percents,
-                                "target_images": int(target_images.shape[0]),
-                                "source_images": int(source_images.shape[0]), "dtype": str(dtype)},
-                      config=cfg.to_dict(), name=name)
+    ref = SteeringRecord.from_training(steering, result, cfg, name=name, fingerprint=model_fingerprint(dm, arch),
+                                       sites=len(sites), noise_percents=percents,
+                                       target_images=int(target_images.shape[0]),
+                                       source_images=int(source_images.shape[0]), dtype=str(dtype))
     logger.info("trained %s (%s) on %d sites: loss %.4g -> %.4g", name, method, len(sites), result.losses[0],
                 result.losses[-1])
     return ref, result
-
-
-def _fit_layerwise(dm, specs, forward, src, tgt, cfg: TrainConfig, device) -> tuple[Steering, TrainResult]:
-    """The layer-wise baseline on the same samples, with the end-to-end OT loss (per noise level) of the
-    unsteered and the steered model so both methods report the same figure."""
-    t0 = time.perf_counter()
-    tgt_acts, src_acts = (record_activations(dm, specs, forward, x, batch_size=cfg.batch_size, mask_key=None)
-                          for x in (tgt, src))
-    steering = fit_layerwise(dm, specs, forward, src, target_acts=tgt_acts, source_acts=src_acts).to(device)
-    src_groups, tgt_groups = src[cfg.group_key], tgt[cfg.group_key]
-    before = float(grouped_loss(src_acts, tgt_acts, src_groups, tgt_groups, cfg.reduction))  # the unsteered model
-    after = evaluate_loss(dm, steering, forward, src, tgt_acts, config=cfg, target_groups=tgt_groups)
-    return steering, TrainResult(losses=[before, after], eval_before=before, eval_after=after,
-                                 seconds=time.perf_counter() - t0, steps=0, support=1.0)

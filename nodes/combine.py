@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..lineas_engine import IncompatibleSteeringError
-from ._steering_ref import SteeringRef
+from ..lineas_engine import IncompatibleSteeringError, SteeringRecord
 from ._types import Steering
 
 
@@ -28,6 +27,6 @@ class LineasCombine(io.ComfyNode):
             raise IncompatibleSteeringError(f"cannot combine a steering for {first.architecture} with one for "
                                             f"{second.architecture}")
         combined = first.steering.at_strength(first_strength).then(second.steering.at_strength(second_strength))
-        return io.NodeOutput(SteeringRef(steering=combined, architecture=first.architecture,
-                                         fingerprint=first.fingerprint, name=f"{first.name}+{second.name}",
-                                         training={"combined": [first.name, second.name]}))
+        return io.NodeOutput(SteeringRecord(steering=combined, fingerprint=first.fingerprint,
+                                            name=f"{first.name}+{second.name}",
+                                            training={"method": "combined", "combined": [first.name, second.name]}))

@@ -8,10 +8,11 @@ import logging
 import torch
 from comfy_api.latest import io
 
+from ..lineas_engine import METHODS
 from ._files import save_ref
 from ._images import RESIZE_MODES, conform, load_folder, resolve_folder
 from ._plots import line_plot, line_plot_pil
-from ._training import METHODS, PRESETS, train_style
+from ._training import PRESETS, train_style
 from ._types import Steering
 
 logger = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ class LineasTrainStyle(io.ComfyNode):
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF),
                 io.String.Input("name", default="style"),
                 io.Combo.Input("method", options=list(METHODS), default="lineas", optional=True,  # old prompts lack it
-                               tooltip="; ".join(f"{k}: {v}" for k, v in METHODS.items())),
+                               tooltip="; ".join(f"{k}: {m.description}" for k, m in METHODS.items())),
                 io.Image.Input("target_images", optional=True),
                 io.Image.Input("source_images", optional=True),
                 io.Conditioning.Input("conditioning", optional=True, tooltip="fixed conditioning (default: zeros)"),

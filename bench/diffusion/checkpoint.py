@@ -7,10 +7,11 @@ this unconditional UNet was trained with, whether or not a workflow uses Conditi
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
+
+from lineas_engine import atomic_write_bytes
 
 CLIP_DTYPE = torch.float8_e4m3fn
 
@@ -38,18 +39,12 @@ def build(unet_sd: dict[str, torch.Tensor], vae_sd: dict[str, torch.Tensor], see
 
 def save_atomic(path: Path, tensors: dict[str, torch.Tensor], meta: dict | None = None) -> Path:
     """safetensors with one metadata key ``lineas`` (JSON; one key keeps files byte-deterministic), written
-    to a temporary name in the same folder and renamed."""
-    from safetensors.torch import save_file
+    atomically (:func:`lineas_engine.atomic_write_bytes`)."""
+    from safetensors.torch import save
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        save_file(tensors, str(tmp), metadata={"lineas": json.dumps(meta or {}, sort_keys=True)})
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return atomic_write_bytes(path, save(tensors, metadata={"lineas": json.dumps(meta or {}, sort_keys=True)}))
 
 
 def read_meta(path: Path) -> dict:

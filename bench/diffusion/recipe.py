@@ -21,6 +21,7 @@ from bench.diffusion import judge as judge_mod
 from bench.diffusion.data import StyleData, augment, default_styles_root, fingerprint, list_items, load_styles
 from bench.diffusion.unet import UNetConfig, train_unet
 from bench.diffusion.vae import VAEConfig, build_taesd, roundtrip, to_latents, train_vae
+from lineas_engine import cache_root
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ FILES = {"vae": "vae.safetensors", "latents": "latents.safetensors", "unet": "un
 
 
 def default_out() -> Path:
-    return Path(os.environ.get("LINEAS_CACHE") or Path.home() / ".cache" / "lineas") / "diffusion"
+    return cache_root() / "diffusion"
 
 
 @dataclass

@@ -24,6 +24,7 @@ import torch
 from bench.diffusion import metrics
 from bench.diffusion.data import STYLES, list_items, load_image, split_items
 from bench.diffusion.sample import link_checkpoint, loader_nodes, read_images, sampler_nodes, save_png, tile
+from bench.graphs import apply_node, train_node
 from lineas_engine import atomic_write_bytes, load_steering
 
 log = logging.getLogger(__name__)
@@ -90,12 +91,10 @@ def train_graph(cfg: BenchConfig, ckpt_name: str, target: Path, method: str, nam
     g = {**loader_nodes(ckpt_name),
          **sampler_nodes(["ckpt", 0], cfg.source_n, cfg.source_seed, cfg.sample_steps, cfg.size, tag="src")}
     g["save_src"] = {"class_type": "SaveImage", "inputs": {"images": ["dec_src", 0], "filename_prefix": f"{name}_src"}}
-    g["train"] = {"class_type": "LineasTrainStyle", "inputs": {
-        "model": ["ckpt", 0], "vae": ["ckpt", 2], "target_folder": str(target), "source_folder": "",
-        "steps": cfg.train_steps, "learning_rate": cfg.learning_rate, "optimizer": "adamw", "sparsity": 0.0,
-        "sites": cfg.sites, "custom_regex": "", "noise_start": cfg.noise_start, "noise_end": cfg.noise_end,
-        "noise_levels": cfg.noise_levels, "resolution": cfg.size, "resize": "crop", "batch_size": cfg.batch_size,
-        "micro_batch": 0, "seed": cfg.seed, "name": name, "method": method, "source_images": ["dec_src", 0]}}
+    g["train"] = train_node(str(target), source=["dec_src", 0], steps=cfg.train_steps, name=name, seed=cfg.seed,
+                            learning_rate=cfg.learning_rate, sites=cfg.sites, noise_start=cfg.noise_start,
+                            noise_end=cfg.noise_end, noise_levels=cfg.noise_levels, resolution=cfg.size,
+                            batch_size=cfg.batch_size, method=method)
     g["loss"] = {"class_type": "SaveImage", "inputs": {"images": ["train", 1], "filename_prefix": f"{name}_loss"}}
     return g
 
@@ -103,9 +102,7 @@ def train_graph(cfg: BenchConfig, ckpt_name: str, target: Path, method: str, nam
 def eval_graph(cfg: BenchConfig, ckpt_name: str, steering_file: str, strengths, prefix: str) -> dict:
     g = {**loader_nodes(ckpt_name), "load": {"class_type": "LineasLoad", "inputs": {"steering_name": steering_file}}}
     for k, s in enumerate(strengths):
-        g[f"apply_{k}"] = {"class_type": "LineasApply", "inputs": {
-            "model": ["ckpt", 0], "steering": ["load", 0], "strength": float(s), "start_percent": 0.0,
-            "end_percent": 1.0, "invert": False, "mode": "hooks"}}
+        g[f"apply_{k}"] = apply_node(["ckpt", 0], ["load", 0], float(s), mode="hooks")
         g.update(sampler_nodes([f"apply_{k}", 0], cfg.eval_n, cfg.eval_seed, cfg.sample_steps, cfg.size, tag=str(k)))
         g[f"save_{k}"] = {"class_type": "SaveImage", "inputs": {"images": [f"dec_{k}", 0],
                                                                  "filename_prefix": f"{prefix}_{k}"}}

@@ -10,6 +10,7 @@ checkpoints each finished row, so an interrupted run keeps what it measured.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -17,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from lineas_engine import TrainConfig, load_steering
+from lineas_engine import TrainConfig, load_record, save_record
 
 
 @dataclass
@@ -72,13 +73,13 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
 
-    from llm_sidecar.calibrate import calibrate_strength, save_calibrated
+    from llm_sidecar.calibrate import apply_calibration, calibrate_strength
     from llm_sidecar.evaluate import evaluate_strengths
     from llm_sidecar.generate import GenConfig
     from llm_sidecar.judges import make_judge
     from llm_sidecar.models import load_model
     from llm_sidecar.report import write_report
-    from llm_sidecar.train import save_trained, train_steering
+    from llm_sidecar.train import train_steering
 
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -94,31 +95,33 @@ def main(argv=None) -> int:
     trained: dict = {}
 
     def steering_of(method: str):
-        """(steering, metadata) of a trained method: from --out with --reuse, else trained and saved there."""
+        """(steering, record) of a trained method: from --out with --reuse, else trained and saved there."""
         if method in trained:
             return trained[method]
         path = out / f"{method}.safetensors"
         if not (a.reuse and path.is_file()):
             cfg = TrainConfig(steps=a.steps, optimizer=a.optimizer, lr=a.lr, batch_size=32,
                               gamma=a.sparsity if method == "lineas_sparse" else 0.0)
-            o = train_steering(lm, toxic, clean, method="layerwise" if method == "layerwise" else "lineas",
-                               config=cfg, max_length=32)
-            save_trained(path, lm, o, cfg, training_prompts=pool)
-        steering, file_meta = load_steering(path, model=lm.model, device=lm.device)
-        timings[method] = file_meta.training.get("seconds")
-        trained[method] = steering, file_meta
+            record, _ = train_steering(lm, toxic, clean, method="layer-wise" if method == "layerwise" else "lineas",
+                                       config=cfg, max_length=32, training_prompts=pool, name=method)
+            save_record(path, record)
+        record = load_record(path, model=lm.model, device=lm.device)
+        timings[method] = record.training.get("seconds")
+        trained[method] = record.steering, record
         return trained[method]
 
     for method in a.methods.split(","):
         if method == "none":
             steering, label = None, "none"
         elif method == "lineas_cal":
-            dense, file_meta = steering_of("lineas")
+            dense, record = steering_of("lineas")
             t = time.perf_counter()
             cal_texts = data.val_neutral[: a.calibrate_texts]
             cal = calibrate_strength(lm, dense, cal_texts, max_increase=a.max_ppl_increase)
             timings["lineas_cal_calibrate"] = round(time.perf_counter() - t, 1)
-            save_calibrated(out / "lineas_cal.safetensors", dense, file_meta, cal, cal_texts)
+            save_record(out / "lineas_cal.safetensors",
+                        apply_calibration(dataclasses.replace(record, name="lineas_cal", training=dict(record.training),
+                                                              extra=dict(record.extra)), cal, cal_texts))
             meta["calibration"] = cal.to_dict()
             steering, label = dense.at_strength(cal.strength), method
         else:

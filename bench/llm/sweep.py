@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from lineas_engine import TrainConfig, atomic_write_bytes, load_steering
+from lineas_engine import TrainConfig, atomic_write_bytes, load_steering, save_record
 
 from .protocol import prepare_data
 
@@ -48,7 +48,7 @@ def main(argv=None) -> int:
     from llm_sidecar.evaluate import evaluate_strengths
     from llm_sidecar.judges import make_judge
     from llm_sidecar.models import load_model
-    from llm_sidecar.train import save_trained, train_steering
+    from llm_sidecar.train import train_steering
 
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -67,9 +67,10 @@ def main(argv=None) -> int:
             seconds = None
         else:
             cfg = parse_config(text)
-            o = train_steering(lm, data.toxic, data.clean, config=cfg, max_length=32)
-            save_trained(out / f"config{k}.safetensors", lm, o, cfg, training_prompts=data.pool)
-            steering, seconds = o.steering, round(o.seconds, 1)
+            record, result = train_steering(lm, data.toxic, data.clean, config=cfg, max_length=32,
+                                            training_prompts=data.pool, name=f"config{k}")
+            save_record(out / f"config{k}.safetensors", record)
+            steering, seconds = record.steering, round(result.seconds, 1)
         t = time.perf_counter()
         for r in evaluate_strengths(lm, steering.to(lm.device), val, val_neutral, strengths=strengths,
                                     seeds=[a.seed], judge=judge, label=text, show_progress=False):

@@ -52,7 +52,7 @@ def test_unet_held_out_loss_halves_with_noise_level_groups(tiny_unet):
     cfg = TrainConfig(steps=40, lr=0.02, optimizer="adam", batch_size=16)
     res = fit(tiny_unet, steering, unet_forward(tiny_unet), src, tgt, config=cfg, eval_source=held)
     assert res.eval_after <= 0.5 * res.eval_before, (res.eval_before, res.eval_after)
-    assert "lineas_group" in res.target_acts
+    assert torch.equal(res.target_groups, tgt["lineas_group"])  # the target's groups are kept with its activations
 
 
 def test_deterministic_with_seed_and_cached_targets(tiny_llama):

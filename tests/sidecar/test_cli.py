@@ -42,7 +42,7 @@ def test_train_from_csv_columns_layerwise_and_sparse(tiny_llama_dir, texts):
     assert main(["train", "--model", tiny_llama_dir, "--source", csv, "--source-field", "comment_text",
                  "--source-where", "toxic=1", "--target", csv, "--target-where", "toxic=0", "--out", str(out),
                  "--method", "layerwise", "--device", "cpu"]) == 0
-    assert load_steering(out)[1].training["method"] == "layerwise"
+    assert load_steering(out)[1].training["method"] == "layer-wise"  # one spelling in files; the old is accepted
     sparse = texts / "sp.safetensors"
     assert _train(tiny_llama_dir, texts, sparse, "--sparsity", "1.0", "--sites", r".*layers\.\d+\..*norm") == 0
     s, _ = load_steering(sparse)
