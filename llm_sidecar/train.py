@@ -88,7 +88,8 @@ def train_steering(
 
 
 def save_trained(path, lm: LoadedModel, outcome: TrainOutcome, config: TrainConfig, *,
-                 training_prompts: Sequence[str] = (), calibration_texts: Sequence[str] = ()) -> None:
+                 training_prompts: Sequence[str] = (), calibration_texts: Sequence[str] = (),
+                 overwrite: bool = True) -> None:
     """Save with the model fingerprint, the config, a training summary and the hashes of every training
     text and prompt, and of the calibration texts (so that evaluation can refuse them)."""
     training = {"method": outcome.method, "seconds": round(outcome.seconds, 2), "num_sites": len(outcome.sites)}
@@ -104,4 +105,5 @@ def save_trained(path, lm: LoadedModel, outcome: TrainOutcome, config: TrainConf
         training=training,
         extra={"training_text_hashes": sorted(set(outcome.source_hashes) | set(hash_texts(training_prompts))),
                **({"calibration_text_hashes": hash_texts(calibration_texts)} if calibration_texts else {})},
+        overwrite=overwrite,
     )
