@@ -213,7 +213,7 @@ def _check_entries(header: dict, meta: "SteeringMeta", size: int, n: int, path: 
         if not isinstance(e, dict):
             raise SteeringFileError(f"{path}: header entry {name!r} is not an object")
         dtype, shape, offsets = e.get("dtype"), e.get("shape"), e.get("data_offsets")
-        if dtype not in _FLOAT_BYTES:
+        if not isinstance(dtype, str) or dtype not in _FLOAT_BYTES:
             raise SteeringFileError(f"{path}: {name} has dtype {dtype!r:.20}; steering tensors must be finite floats")
         if shape != [dim]:
             shown = tuple(shape) if isinstance(shape, list) else shape

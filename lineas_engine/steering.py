@@ -89,7 +89,7 @@ class Steering(nn.Module):
     def at_strength(self, strength: float) -> "Steering":
         """The map T_lambda as a steering of its own (strength 1)."""
         try:
-            finite = math.isfinite(float(strength))
+            finite = not isinstance(strength, (str, bytes)) and math.isfinite(float(strength))
         except (TypeError, ValueError):
             finite = False
         if not finite:
