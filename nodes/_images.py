@@ -66,6 +66,8 @@ def read_image(path: Path) -> torch.Tensor:
             if w * h > MAX_IMAGE_PIXELS:
                 raise LineasError(f"{too_big} (it is {w} x {h})")
             return torch.from_numpy(_to_array(ImageOps.exif_transpose(im)))
+    except LineasError:
+        raise
     except Image.DecompressionBombError:
         raise LineasError(too_big) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, TypeError) as e:
