@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from typing import Any, Callable, Iterator, Mapping
 
 import torch
 from torch import nn
 
-from .errors import NoMatchingSiteError, SiteOutputError
+from .errors import LineasError, NoMatchingSiteError, SiteOutputError
 from .pooling import pool
 from .sites import SiteSpec
 from .steering import Steering
@@ -79,6 +80,13 @@ class SteeringHandle:
         self.remove()
 
 
+def _finite(x) -> bool:
+    try:
+        return not isinstance(x, (str, bytes)) and math.isfinite(float(x))
+    except (TypeError, ValueError):
+        return False
+
+
 def attach(
     root: nn.Module,
     steering: Steering | None = None,
@@ -95,6 +103,8 @@ def attach(
     """
     if steering is None and recorder is None:
         raise ValueError("attach needs a steering, a recorder, or both")
+    if steering is not None and not _finite(strength):
+        raise LineasError(f"strength must be a finite number (1 = the trained map, 0 = off), got {strength!r}")
     sites = list(dict.fromkeys((steering.sites if steering else []) + (recorder.sites if recorder else [])))
     modules = dict(root.named_modules())
     missing = [s for s in sites if s not in modules]

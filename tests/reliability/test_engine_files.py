@@ -287,3 +287,16 @@ def test_atomic_write_refuses_non_regular_targets(tmp_path):
             atomic_write_bytes(target, b"x")
     assert (tmp_path / "link").is_symlink() and fifo.exists() and not fifo.is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dir", "fifo", "link"]
+
+
+def test_engine_refuses_non_finite_strength_and_sparsity():
+    from lineas_engine import TrainConfig, attach
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4))
+    s = Steering({"0": SiteSpec(4)})
+    for bad in (float("nan"), float("inf"), "1"):
+        with pytest.raises(LineasError, match="finite"):
+            attach(model, s, bad)
+    for bad in (float("nan"), float("inf"), -1.0):
+        with pytest.raises(LineasError, match="gamma"):
+            TrainConfig(gamma=bad)
