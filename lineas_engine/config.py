@@ -62,8 +62,9 @@ class TrainConfig:
         mb = self.micro_batch_size
         if mb is not None and (not isinstance(mb, int) or mb < 1):
             problems.append(f"micro_batch_size={self.micro_batch_size!r} must be a positive int or None")
-        if self.gamma < 0 or self.l1 < 0 or self.group < 0:
-            problems.append(f"gamma={self.gamma}, l1={self.l1}, group={self.group} must be >= 0")
+        penalties = (self.gamma, self.l1, self.group)
+        if not all(isinstance(x, (int, float)) and math.isfinite(x) and x >= 0 for x in penalties):
+            problems.append(f"gamma={self.gamma}, l1={self.l1}, group={self.group} must be finite and >= 0")
         if not isinstance(self.patience, int) or self.patience < 0:
             problems.append(f"patience={self.patience!r} must be an int >= 0 (0 = no early stop)")
         if self.reduction not in ("mean", "sum"):

@@ -2,15 +2,20 @@
 ``lineas`` holding JSON (a single key keeps the bytes deterministic: safetensors orders metadata keys at
 random). Writes are atomic; nothing is pickled.
 Loading checks everything and names each problem; unknown metadata from a newer version is ignored
-with a warning."""
+with a warning. Loading reads the header first and checks every size it declares against the file's
+real size before reading (or allocating) anything else. Format 2 adds ``checksum``: a SHA-256 of the
+metadata and of every tensor's name, dtype, shape and bytes (format 1 files, without it, still load)."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
+import logging
 import os
-import tempfile
+import secrets
+import stat
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +31,8 @@ from .errors import IncompatibleSteeringError, SteeringFileError
 from .sites import SiteSpec, _spec_from_attributes
 from .steering import Steering
 
+logger = logging.getLogger(__name__)
+
 __all__ = [
     "FORMAT_VERSION",
     "SteeringMeta",
@@ -36,8 +43,10 @@ __all__ = [
     "atomic_write_bytes",
 ]
 
-FORMAT_VERSION = 1
-_KNOWN_KEYS = {"format_version", "engine_version", "sites", "fingerprint", "config", "training", "extra"}
+FORMAT_VERSION = 2  # 2: adds "checksum"; 1 (no checksum) still loads
+_KNOWN_KEYS = {"format_version", "engine_version", "sites", "fingerprint", "config", "training", "extra", "checksum"}
+_MAX_HEADER = 100 * 1024 * 1024  # the safetensors format's own limit on the JSON header
+_FLOAT_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}
 
 
 @dataclass
@@ -51,27 +60,69 @@ class SteeringMeta:
     extra: dict = field(default_factory=dict)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, overwrite: bool = True) -> Path:
     """Write to a temporary file in the same folder, fsync, then rename over ``path``: a reader sees the
-    old file or the new one, never half of one, and an interrupted write leaves nothing behind."""
+    old file or the new one, never half of one, and an interrupted write leaves nothing behind.
+
+    Only a regular file is ever replaced (a device node, a folder, a FIFO or a symlink at ``path`` is
+    refused). With ``overwrite=False`` an existing ``path`` is never replaced, also when another writer
+    creates it while this one writes (the final step is an exclusive hard link): :class:`FileExistsError`."""
     path = Path(path)
     if not path.parent.is_dir():
         raise SteeringFileError(f"cannot write {path}: folder {path.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    _check_replaceable(path, overwrite)
+    tmp = path.parent / f".{path.name[:100]}.{secrets.token_hex(6)}.tmp"
+    # mode 0o666 through os.open: the kernel applies the umask (never read or changed: it is process-global)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a saved file gets the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
+        if overwrite:
+            _check_replaceable(path, overwrite)
+            os.replace(tmp, path)
+        else:
+            _link_exclusive(tmp, path)
+    finally:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        raise
     return path
+
+
+def _check_replaceable(path: Path, overwrite: bool) -> None:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(st.st_mode):
+        raise SteeringFileError(f"{path} is a symbolic link; refusing to replace it: give the real path")
+    if not stat.S_ISREG(st.st_mode):
+        raise SteeringFileError(f"{path} exists and is not a regular file (a folder or a device); "
+                                "refusing to replace it: choose another name")
+    if not overwrite:
+        raise FileExistsError(errno.EEXIST, "file exists; refusing to overwrite it", str(path))
+
+
+def _link_exclusive(tmp: Path, path: Path) -> None:
+    """Publish ``tmp`` as ``path`` only if ``path`` does not exist (atomic, no check-then-write race)."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise FileExistsError(errno.EEXIST, "file exists; refusing to overwrite it", str(path)) from None
+    except OSError as e:  # a file system without hard links: exclusive create, then copy the bytes in
+        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+            raise
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        try:
+            with os.fdopen(fd, "wb") as out, open(tmp, "rb") as src:
+                out.write(src.read())
+                out.flush()
+                os.fsync(out.fileno())
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            raise
 
 
 def save_steering(
@@ -82,14 +133,22 @@ def save_steering(
     config: Mapping[str, Any] | None = None,
     training: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
+    overwrite: bool = True,
 ) -> Path:
-    """Save ``steering`` (float32) with its metadata, atomically, as safetensors."""
+    """Save ``steering`` (float32) with its metadata, atomically, as safetensors. Refuses NaN / infinite
+    maps (nothing is written). ``overwrite=False``: never replace an existing file (:class:`FileExistsError`,
+    also when another writer creates ``path`` meanwhile)."""
     from . import __version__
 
     tensors = {}
     for s in steering.sites:
         tensors[f"scale.{s}"] = steering.weight(s).detach().float().cpu().contiguous()
         tensors[f"shift.{s}"] = steering.bias(s).detach().float().cpu().contiguous()
+    for name, t in tensors.items():
+        if not torch.isfinite(t).all():
+            bad = int((~torch.isfinite(t)).sum())
+            raise SteeringFileError(f"{name} has {bad} NaN or infinite value(s) (a diverged training?); "
+                                    f"not saving {Path(path).name}: retrain with a lower learning rate")
     meta = {
         "format_version": FORMAT_VERSION,
         "engine_version": __version__,
@@ -100,25 +159,79 @@ def save_steering(
         "extra": dict(extra or {}),
     }
     try:
+        meta["checksum"] = _checksum(meta, tensors)
         blob = json.dumps(meta, sort_keys=True, allow_nan=False)
     except (TypeError, ValueError) as e:
         raise SteeringFileError(f"steering metadata is not JSON-serialisable: {e}") from None
-    return atomic_write_bytes(path, st_save(tensors, metadata={"lineas": blob}))
+    return atomic_write_bytes(path, st_save(tensors, metadata={"lineas": blob}), overwrite=overwrite)
 
 
-def _read_header(data: bytes, path: Path) -> dict:
-    if len(data) < 8:
-        raise SteeringFileError(f"{path} is truncated ({len(data)} bytes); it is not a steering file")
-    n = int.from_bytes(data[:8], "little")
-    if n <= 0 or 8 + n > len(data):
-        raise SteeringFileError(f"{path} is truncated or not a safetensors file (header of {n} bytes)")
+def _checksum(meta: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 of the canonical metadata JSON (without ``checksum``) and of each tensor's name, dtype,
+    shape and bytes, in name order: independent of the file layout."""
+    h = hashlib.sha256()
+    h.update(json.dumps({k: v for k, v in meta.items() if k != "checksum"}, sort_keys=True,
+                        allow_nan=False).encode())
+    for name in sorted(tensors):
+        t = tensors[name].contiguous()
+        h.update(f"\0{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return "sha256:" + h.hexdigest()
+
+
+def _read_header(f, size: int, path: Path) -> tuple[dict, int]:
+    """The safetensors JSON header (and its length), read without the tensor data."""
+    head = f.read(8)
+    if len(head) < 8:
+        raise SteeringFileError(f"{path} is truncated ({size} bytes); it is not a steering file")
+    n = int.from_bytes(head, "little")
+    if n <= 1 or n > _MAX_HEADER or 8 + n > size:
+        raise SteeringFileError(f"{path} is truncated or not a safetensors file (header of {n} bytes, "
+                                f"file of {size})")
     try:
-        header = json.loads(data[8 : 8 + n])
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise SteeringFileError(f"{path} has a corrupt safetensors header: {e}") from None
+        header = json.loads(f.read(n))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise SteeringFileError(f"{path} has a corrupt safetensors header ({type(e).__name__})") from None
     if not isinstance(header, dict):
-        raise SteeringFileError(f"{path} has a corrupt safetensors header")
-    return header
+        raise SteeringFileError(f"{path} has a corrupt safetensors header (not a JSON object)")
+    return header, n
+
+
+def _check_entries(header: dict, meta: "SteeringMeta", size: int, n: int, path: Path) -> None:
+    """Every tensor the header declares: a float vector of its site's width, with offsets that tile the
+    data exactly up to the end of the file. Checked before any tensor is read or allocated."""
+    expected = {f"{k}.{s}": spec.dim for s, spec in meta.sites.items() for k in ("scale", "shift")}
+    names = {k for k in header if k != "__metadata__"}
+    missing, extra = sorted(set(expected) - names), sorted(names - set(expected))
+    if missing or extra:
+        raise SteeringFileError(
+            f"{path}: tensors do not match the site list (missing {missing[:4]}, extra {extra[:4]})"
+        )
+    spans = []
+    for name, dim in expected.items():
+        e = header[name]
+        if not isinstance(e, dict):
+            raise SteeringFileError(f"{path}: header entry {name!r} is not an object")
+        dtype, shape, offsets = e.get("dtype"), e.get("shape"), e.get("data_offsets")
+        if not isinstance(dtype, str) or dtype not in _FLOAT_BYTES:
+            raise SteeringFileError(f"{path}: {name} has dtype {dtype!r:.20}; steering tensors must be finite floats")
+        if shape != [dim]:
+            shown = tuple(shape) if isinstance(shape, list) else shape
+            raise SteeringFileError(f"{path}: {name} has shape {shown!r:.60}, expected ({dim},)")
+        if (not isinstance(offsets, list) or len(offsets) != 2
+                or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+                or not 0 <= offsets[0] <= offsets[1] or offsets[1] - offsets[0] != dim * _FLOAT_BYTES[dtype]):
+            raise SteeringFileError(f"{path}: {name} has invalid data offsets {offsets!r:.60}")
+        spans.append(tuple(offsets))
+    spans.sort()
+    end = 0
+    for a, b in spans:
+        if a != end:
+            raise SteeringFileError(f"{path}: tensor data overlaps or has gaps (at byte {a}); the file is corrupt")
+        end = b
+    if 8 + n + end != size:
+        raise SteeringFileError(f"{path} is truncated or has trailing bytes: the header declares "
+                                f"{8 + n + end} bytes, the file has {size}")
 
 
 def _parse_meta(raw: Any, path: Path) -> SteeringMeta:
@@ -126,13 +239,13 @@ def _parse_meta(raw: Any, path: Path) -> SteeringMeta:
         raise SteeringFileError(f"{path} has no 'lineas' metadata: not a LinEAS steering file")
     try:
         meta = json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise SteeringFileError(f"{path}: 'lineas' metadata is not valid JSON ({e})") from None
+    except (ValueError, RecursionError) as e:
+        raise SteeringFileError(f"{path}: 'lineas' metadata is not valid JSON ({str(e)[:80]})") from None
     if not isinstance(meta, dict):
         raise SteeringFileError(f"{path}: 'lineas' metadata must be a JSON object, got {type(meta).__name__}")
     version = meta.get("format_version")
-    if not isinstance(version, int) or isinstance(version, bool):
-        raise SteeringFileError(f"{path}: format_version must be an integer, got {version!r}")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise SteeringFileError(f"{path}: format_version must be an integer >= 1, got {version!r:.40}")
     if version > FORMAT_VERSION:
         raise SteeringFileError(
             f"{path} uses steering format {version}; this engine reads up to {FORMAT_VERSION}: upgrade lineas"
@@ -145,6 +258,8 @@ def _parse_meta(raw: Any, path: Path) -> SteeringMeta:
         raise SteeringFileError(f"{path}: 'sites' must be a non-empty object, got {sites_raw!r:.80}")
     sites = {}
     for name, spec in sites_raw.items():
+        if not name.strip() or name != name.strip():
+            raise SteeringFileError(f"{path}: site name {name!r:.80} is empty or has surrounding spaces")
         if not isinstance(spec, dict):
             raise SteeringFileError(f"{path}: site {name!r} must map to {{dim, channel_axis}}, got {spec!r:.80}")
         try:
@@ -158,7 +273,9 @@ def _parse_meta(raw: Any, path: Path) -> SteeringMeta:
             raise SteeringFileError(f"{path}: {key!r} must be an object, got {type(v).__name__}")
         parts[key] = v
     engine_version = meta.get("engine_version", "unknown")
-    return SteeringMeta(version, str(engine_version), sites, **parts)
+    if version >= 2 and not (isinstance(meta.get("checksum"), str) and meta["checksum"].startswith("sha256:")):
+        raise SteeringFileError(f"{path}: format {version} needs a 'checksum' entry; the file is corrupt")
+    return SteeringMeta(version, str(engine_version)[:100], sites, **parts)
 
 
 def load_steering(
@@ -167,25 +284,38 @@ def load_steering(
     device: torch.device | str | None = None,
     model: nn.Module | None = None,
     architecture: str | None = None,
+    allow_transfer: bool = False,
 ) -> tuple[Steering, SteeringMeta]:
     """Read and validate a steering file. Every problem raises :class:`SteeringFileError` naming it.
-    With ``model``, also check that it fits that model (:func:`check_compatible`)."""
+    With ``model``, also check that it fits that model (:func:`check_compatible`; ``allow_transfer``
+    accepts a model of another structure, e.g. a fine-tune of the one it was trained on)."""
     path = Path(path)
     if not path.is_file():
-        raise SteeringFileError(f"steering file {path} does not exist")
-    data = path.read_bytes()
-    header = _read_header(data, path)
-    meta = _parse_meta((header.get("__metadata__") or {}).get("lineas"), path)
+        raise SteeringFileError(f"steering file {path} does not exist or is not a file")
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            header, n = _read_header(f, size, path)
+            md = header.get("__metadata__")
+            if md is not None and not isinstance(md, dict):
+                raise SteeringFileError(f"{path}: safetensors metadata is a {type(md).__name__}, not an object")
+            meta = _parse_meta((md or {}).get("lineas"), path)
+            _check_entries(header, meta, size, n, path)  # bounds what follows by the file's real size
+            f.seek(0)
+            data = f.read()
+    except OSError as e:
+        raise SteeringFileError(f"cannot read steering file {path}: {e.strerror or e}") from None
+    if len(data) != size:
+        raise SteeringFileError(f"{path} changed while it was read; try again")
     try:
         tensors = st_load(data)
     except (SafetensorError, ValueError, RuntimeError) as e:
         raise SteeringFileError(f"{path}: cannot read tensors ({e})") from None
-    expected = {f"{k}.{s}" for s in meta.sites for k in ("scale", "shift")}
-    missing, extra = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
-    if missing or extra:
-        raise SteeringFileError(
-            f"{path}: tensors do not match the site list (missing {missing[:4]}, extra {extra[:4]})"
-        )
+    if meta.format_version >= 2:
+        raw = json.loads(header["__metadata__"]["lineas"])
+        if _checksum(raw, tensors) != raw["checksum"]:
+            raise SteeringFileError(f"{path}: checksum mismatch: the file is corrupt (bit flips or an edit); "
+                                    "use an intact copy")
     steering = Steering(meta.sites)
     with torch.no_grad():
         for s, spec in meta.sites.items():
@@ -197,7 +327,8 @@ def load_steering(
                     raise SteeringFileError(f"{path}: {kind}.{s} must be finite floats")
                 param.copy_(t.float())
     if model is not None:
-        check_compatible(steering, model, fingerprint=meta.fingerprint, architecture=architecture)
+        check_compatible(steering, model, fingerprint=meta.fingerprint, architecture=architecture,
+                         allow_transfer=allow_transfer)
     if device is not None:
         steering.to(device)
     return steering, meta
@@ -221,14 +352,30 @@ def check_compatible(
     *,
     fingerprint: Mapping[str, Any] | None = None,
     architecture: str | None = None,
+    allow_transfer: bool = False,
 ) -> None:
     """Raise :class:`IncompatibleSteeringError` naming every mismatch between ``steering`` (and the
-    ``fingerprint`` stored with it) and ``root``: other architecture, missing sites, other widths."""
-    problems = []
+    ``fingerprint`` stored with it) and ``root``: other architecture, other structure (parameter names
+    and shapes, e.g. another number of layers), missing sites, other widths.
+
+    ``allow_transfer=True`` is the deliberate override for a model of another architecture name or
+    structure (e.g. a fine-tune of the model it was trained on with a resized vocabulary): those two
+    mismatches are then logged as warnings; sites and widths must still fit."""
+    problems, identity = [], []
+    fp = fingerprint or {}
     here = architecture or type(root).__name__
-    there = (fingerprint or {}).get("architecture")
+    there = fp.get("architecture")
     if there and there != here:
-        problems.append(f"it was trained on a {there} model, this is a {here}")
+        identity.append(f"it was trained on a {there} model, this is a {here}")
+    stored = fp.get("structure_sha256")
+    if isinstance(stored, str) and stored:
+        mine = model_fingerprint(root, here)
+        if stored != mine["structure_sha256"]:
+            identity.append(f"it was trained on a model of another structure ({fp.get('num_parameters', '?')!s:.20} "
+                            f"parameters, structure {stored:.16}; this one: {mine['num_parameters']}, "
+                            f"{mine['structure_sha256']}), e.g. another number of layers")
+    if identity and allow_transfer:
+        logger.warning("applying a steering made for another model (allow_transfer): %s", "; ".join(identity))
     modules = dict(root.named_modules())
     absent = [s for s in steering.sites if s not in modules]
     if absent:
@@ -238,6 +385,10 @@ def check_compatible(
             spec = _spec_from_attributes(modules[s])
             if spec is not None and spec.dim != steering.specs[s].dim:
                 problems.append(f"site {s!r} has width {spec.dim} here but {steering.specs[s].dim} in the steering")
+    if identity and not allow_transfer:
+        hint = [] if problems else ["if this model is a fine-tune of that one, allow the transfer explicitly "
+                                    "(allow_transfer=True; lineas-llm --allow-transfer)"]
+        problems = identity + problems + hint
     if problems:
         raise IncompatibleSteeringError("steering does not fit this model: " + "; ".join(problems[:8]))
 

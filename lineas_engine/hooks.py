@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from typing import Any, Callable, Iterator, Mapping
 
 import torch
@@ -76,6 +77,13 @@ class SteeringHandle:
         self.remove()
 
 
+def _finite(x) -> bool:
+    try:
+        return not isinstance(x, (str, bytes)) and math.isfinite(float(x))
+    except (TypeError, ValueError):
+        return False
+
+
 def attach(
     root: nn.Module,
     steering: Steering | None = None,
@@ -92,6 +100,8 @@ def attach(
     """
     if steering is None and recorder is None:
         raise LineasError("attach needs a steering, a recorder, or both")
+    if steering is not None and not _finite(strength):
+        raise LineasError(f"strength must be a finite number (1 = the trained map, 0 = off), got {strength!r}")
     sites = list(dict.fromkeys((steering.sites if steering else []) + (recorder.sites if recorder else [])))
     modules = dict(root.named_modules())
     missing = [s for s in sites if s not in modules]

@@ -26,5 +26,7 @@ def pool(h: torch.Tensor, channel_axis: int, mask: torch.Tensor | None = None) -
                 f"attention mask of shape {tuple(mask.shape)} does not fit activations {tuple(h.shape)}"
             )
         m = mask.to(dtype=h.dtype, device=h.device).unsqueeze(-1)
-        return (h * m).sum(dim=1) / m.sum(dim=1).clamp_min(1)
+        # where, not h * m: a NaN / inf at a padding position must not reach the pooled vector (NaN * 0 = NaN)
+        zero = torch.zeros((), dtype=h.dtype, device=h.device)
+        return torch.where(m != 0, h * m, zero).sum(dim=1) / m.sum(dim=1).clamp_min(1)
     return h.flatten(1, -2).mean(dim=1)

@@ -56,11 +56,12 @@ class SteeringRecord:
                 f"support {s.support():.1%}, made for {self.architecture}")
 
 
-def save_record(path: str | os.PathLike, record: SteeringRecord) -> Path:
-    """Write ``record`` atomically as a steering file."""
+def save_record(path: str | os.PathLike, record: SteeringRecord, *, overwrite: bool = True) -> Path:
+    """Write ``record`` atomically as a steering file (``overwrite=False``: never replace a file, see
+    :func:`save_steering`)."""
     return save_steering(path, record.steering, fingerprint=record.fingerprint, config=record.config,
                          training={**record.training, "method": record.method},
-                         extra={**record.extra, "name": record.name})
+                         extra={**record.extra, "name": record.name}, overwrite=overwrite)
 
 
 def load_record(path: str | os.PathLike, *, model: nn.Module | None = None, architecture: str | None = None,

@@ -7,6 +7,7 @@ Strength, inverse and composition are exact algebra on (w, b):
 
 from __future__ import annotations
 
+import math
 from typing import Mapping
 
 import torch
@@ -105,6 +106,12 @@ class Steering(nn.Module):
 
     def at_strength(self, strength: float) -> "Steering":
         """The map T_lambda as a steering of its own (strength 1)."""
+        try:
+            finite = not isinstance(strength, (str, bytes)) and math.isfinite(float(strength))
+        except (TypeError, ValueError):
+            finite = False
+        if not finite:
+            raise LineasError(f"strength must be a finite number (1 = the trained map, 0 = off), got {strength!r}")
         with torch.no_grad():
             ws = {s: 1 + strength * (self.weight(s) - 1) for s in self.specs}
             bs = {s: strength * self.bias(s) for s in self.specs}
@@ -113,11 +120,14 @@ class Steering(nn.Module):
     def inverse(self) -> "Steering":
         """T^-1(z) = (z - b) / w; refuses a zero scale."""
         with torch.no_grad():
-            for s in self.specs:
-                if (self.weight(s) == 0).any():
-                    raise LineasError(f"site {s!r} has a zero scale: the steering is not invertible there")
             ws = {s: 1 / self.weight(s) for s in self.specs}
             bs = {s: -self.bias(s) / self.weight(s) for s in self.specs}
+            for s in self.specs:  # a zero scale, or one so small that 1/w overflows float32 (e.g. 1e-40)
+                bad = ~(torch.isfinite(ws[s]) & torch.isfinite(bs[s]))
+                if bad.any():
+                    w = self.weight(s)[bad][0].item()
+                    raise LineasError(f"site {s!r} has a scale of {w:.3g}: the steering is not invertible there "
+                                      "(its inverse overflows)")
         return Steering.from_tensors(self.specs, ws, bs)
 
     def then(self, other: "Steering") -> "Steering":

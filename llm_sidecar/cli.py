@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -49,6 +50,10 @@ def _gen_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gen-batch-size", type=int, default=32)
 
 
+_TRANSFER_HELP = ("apply a steering made for a model of another structure (e.g. the base of this fine-tune); "
+                  "sites and widths must still fit")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="lineas-llm", description=__doc__.split("\n\n")[0])
     ap.add_argument("-v", "--verbose", action="store_true", help="log progress details")
@@ -67,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--n", type=int, default=32, help="samples per side (default 32, as in the paper)")
     t.add_argument("--judge", default="profanity", help="judge for --from-prompts: " + JUDGE_HELP)
     t.add_argument("--out", required=True, help="steering file to write (.safetensors)")
+    t.add_argument("--force", action="store_true", help="replace --out if it exists")
     t.add_argument("--method", type=_method_name, choices=sorted(METHODS), default="lineas",
                    help="; ".join(f"{k}: {m.description}" for k, m in METHODS.items()) + " ('layerwise' also accepted)")
     t.add_argument("--sites", help="regex over module names (default: the paper's post norms for the family)")
@@ -94,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--field", help="JSONL field / CSV column of --prompts")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--out", help="write JSONL here instead of stdout")
+    g.add_argument("--force", action="store_true", help="replace --out if it exists")
+    g.add_argument("--allow-transfer", action="store_true", help=_TRANSFER_HELP)
     _gen_args(g)
 
     e = sub.add_parser("eval", help="toxicity of continuations and perplexity on neutral text over strengths")
@@ -109,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--judge", default="profanity", help=JUDGE_HELP)
     e.add_argument("--report", required=True, help="folder for results.json / results.md / the PNG plot")
     e.add_argument("--label", default=None, help="name of this steering in the report")
+    e.add_argument("--force", action="store_true", help="replace the result files of an existing --report")
+    e.add_argument("--allow-transfer", action="store_true", help=_TRANSFER_HELP)
     _gen_args(e)
 
     x = sub.add_parser("export", help="fold the steering into the weights; write a plain HF model folder")
@@ -117,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--strength", type=float, default=1.0)
     x.add_argument("--out", required=True, help="new folder for the exported model")
     x.add_argument("--scale-only", action="store_true", help="drop shifts that cannot be folded (not exact)")
+    x.add_argument("--allow-transfer", action="store_true", help=_TRANSFER_HELP)
 
     d = sub.add_parser("demo", help="offline end-to-end demo on the embedded SmolLM2-135M-Instruct")
     d.add_argument("--model", default="smollm2", help=argparse.SUPPRESS)
@@ -150,18 +161,17 @@ def _method_name(value: str) -> str:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def _check_out_file(path: str) -> Path:
-    p = Path(path)
-    if p.is_dir():
-        raise LineasError(f"--out {path!r} is a folder; give a file name such as detox.safetensors")
-    parent = p.parent if str(p.parent) else Path(".")
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise LineasError(f"cannot write --out {path!r}: folder {str(parent)!r} does not exist or is not writable")
-    return p
+def _check_out_file(path: str, force: bool = False) -> Path:
+    from .validate import check_out_file
+
+    return check_out_file(path, force)
 
 
-def _load_steering(lm, path: str):
-    steering, meta = load_steering(path, model=lm.model, architecture=lm.architecture)
+def _load_steering(lm, path: str, allow_transfer: bool = False):
+    from .validate import check_map
+
+    steering, meta = load_steering(path, model=lm.model, architecture=lm.architecture, allow_transfer=allow_transfer)
+    check_map(steering, what=f"steering {path!r}", fix="it comes from a diverged training: retrain with a lower --lr")
     return steering.to(lm.device), meta
 
 
@@ -170,8 +180,9 @@ def cmd_train(a) -> int:
     from .models import load_model
     from .progress import progress_bar
     from .train import train_steering
+    from .validate import check_map, check_out_file, check_scorable, save_or_rescue
 
-    out = _check_out_file(a.out)
+    out = check_out_file(a.out, a.force)
     if a.from_prompts and (a.source or a.target):
         raise LineasError("give either --from-prompts or --source and --target, not both")
     if not a.from_prompts and not (a.source and a.target):
@@ -193,6 +204,8 @@ def cmd_train(a) -> int:
         require_samples(calib, "--calibrate-on", 1)
         check_budget(a.max_ppl_increase)  # before the model loads
     lm = load_model(a.model, a.device, a.dtype)
+    if calib is not None:
+        check_scorable(lm, calib, "--calibrate-on")  # before training, not after
     if prompts:
         from .build import build_sets
         from .judges import make_judge
@@ -209,7 +222,8 @@ def cmd_train(a) -> int:
         cal = calibrate_record(lm, record, calib, max_increase=a.max_ppl_increase)
         cal_note = (f"; calibrated to strength {cal.strength:.3f} (perplexity {cal.base_perplexity:.2f} -> "
                     f"{cal.perplexity:.2f} on {cal.num_texts} --calibrate-on texts)")
-    save_record(out, record)
+    check_map(record.steering)
+    save_or_rescue(lambda p: save_record(p, record, overwrite=a.force), out)
     loss = f", loss {r.losses[0]:.4g} -> {r.losses[-1]:.4g} in {r.steps} steps" if r.steps else ""
     sys.stdout.write(f"wrote {out} ({record.method}, {len(record.steering.sites)} sites, {r.seconds:.1f} s{loss}, "
                      f"whole-set OT loss {r.eval_before:.4g} -> {r.eval_after:.4g}, "
@@ -223,18 +237,19 @@ def cmd_generate(a) -> int:
     from .data import read_texts
     from .generate import generate
     from .models import load_model
+    from .validate import check_out_file, save_or_rescue
 
     prompts = [a.prompt] if a.prompt is not None else read_texts(a.prompts, a.field, what="--prompts")
-    if a.out:
-        _check_out_file(a.out)
+    out = check_out_file(a.out, a.force) if a.out else None
     lm = load_model(a.model, a.device, a.dtype)
-    steering = _load_steering(lm, a.steering)[0] if a.steering else None
+    steering = _load_steering(lm, a.steering, a.allow_transfer)[0] if a.steering else None
     g = generate(lm, prompts, _gen_config(a), seed=a.seed, steering=steering, strength=a.strength)
     lines = [json.dumps({"prompt": p, "continuation": c}) for p, c in zip(g.prompts, g.continuations)]
-    if a.out:
+    if out is not None:
         from lineas_engine import atomic_write_bytes
 
-        atomic_write_bytes(a.out, ("\n".join(lines) + "\n").encode())
+        data = ("\n".join(lines) + "\n").encode()
+        save_or_rescue(lambda p: atomic_write_bytes(p, data, overwrite=a.force), out, "the generations")
     elif a.prompt is not None:
         sys.stdout.write(g.continuations[0] + "\n")
     else:
@@ -248,6 +263,7 @@ def cmd_eval(a) -> int:
     from .judges import make_judge
     from .models import load_model
     from .report import write_report
+    from .validate import check_report_dir, check_scorable, hashes_of
 
     prompts = read_texts(a.prompts, a.field, what="--prompts")
     neutral = read_texts(a.neutral, what="--neutral")
@@ -256,12 +272,14 @@ def cmd_eval(a) -> int:
     if a.max_neutral:
         neutral = neutral[: a.max_neutral]
     require_samples(neutral, "--neutral", 1)
+    check_report_dir(a.report, a.force)  # before any generation
     judge = make_judge(a.judge)
     lm = load_model(a.model, a.device, a.dtype)
-    steering, meta = _load_steering(lm, a.steering) if a.steering else (None, None)
+    check_scorable(lm, neutral, "--neutral")
+    steering, meta = _load_steering(lm, a.steering, a.allow_transfer) if a.steering else (None, None)
     if meta is not None:
-        check_disjoint(prompts, meta.extra.get("training_text_hashes", []))
-        check_disjoint(neutral, meta.extra.get("calibration_text_hashes", []), what="--neutral texts",
+        check_disjoint(prompts, hashes_of(meta, "training_text_hashes", a.steering))
+        check_disjoint(neutral, hashes_of(meta, "calibration_text_hashes", a.steering), what="--neutral texts",
                        used_for="calibrate this steering's strength", fix="measure perplexity on other texts")
     rows = evaluate_strengths(lm, steering, prompts, neutral, strengths=a.strengths, seeds=a.seeds, judge=judge,
                               gen=_gen_config(a), label=a.label or (Path(a.steering).stem if a.steering else "none"))
@@ -278,9 +296,11 @@ def cmd_eval(a) -> int:
 def cmd_export(a) -> int:
     from .export import export_folded
     from .models import load_model
+    from .validate import check_export_dir
 
+    check_export_dir(a.out)
     lm = load_model(a.model, a.device, a.dtype)
-    steering, _ = _load_steering(lm, a.steering)
+    steering, _ = _load_steering(lm, a.steering, a.allow_transfer)
     info = export_folded(lm, steering, a.out, strength=a.strength, scale_only=a.scale_only)
     sys.stdout.write(f"exported to {a.out} (max |logit diff| vs hooked: {info['max_abs_logit_diff_vs_hooked']:.2e})\n")
     return 0
@@ -311,16 +331,59 @@ def main(argv: list[str] | None = None) -> int:
             hf_logging.disable_progress_bar()  # our own bars show progress; keep stderr to one line on errors
         except ImportError:
             pass
+    from .validate import check_args
+
+    old_term = _on_sigterm()
     try:
+        check_args(args)
         return COMMANDS[args.command](args)
     except LineasError as e:
         if os.environ.get("LINEAS_DEBUG"):
             raise
-        sys.stderr.write(f"lineas-llm {args.command}: error: {e}\n")
+        sys.stderr.write(f"lineas-llm {args.command}: error: {_one_line(e)}\n")
         return 1
     except KeyboardInterrupt:
         sys.stderr.write(f"lineas-llm {args.command}: interrupted; no output file was written\n")
         return 130
+    except _Terminated:
+        sys.stderr.write(f"lineas-llm {args.command}: terminated; no output file was written\n")
+        return 143
+    except (OSError, MemoryError) as e:  # I/O (disk full, permissions, a vanished file) and memory
+        if os.environ.get("LINEAS_DEBUG"):
+            raise
+        what = f"{e.strerror}: {e.filename}" if isinstance(e, OSError) and e.strerror and e.filename else e
+        sys.stderr.write(f"lineas-llm {args.command}: error: {type(e).__name__}: {_one_line(what)}\n")
+        return 1
+    except Exception as e:  # a bug or an unforeseen input: still one line; LINEAS_DEBUG=1 shows the traceback
+        if os.environ.get("LINEAS_DEBUG"):
+            raise
+        sys.stderr.write(f"lineas-llm {args.command}: internal error: {type(e).__name__}: {_one_line(e)} "
+                         "(rerun with LINEAS_DEBUG=1 for the traceback and please report it)\n")
+        return 2
+    finally:
+        if old_term is not _NOT_SET:
+            signal.signal(signal.SIGTERM, old_term if old_term is not None else signal.SIG_DFL)
+
+
+class _Terminated(BaseException):
+    """SIGTERM, turned into an exception so that every ``finally`` (temporary files) runs."""
+
+
+def _on_sigterm():
+    def handler(signum, frame):
+        raise _Terminated()
+
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (e.g. called from a test runner's worker)
+        return _NOT_SET
+
+
+_NOT_SET = object()
+
+
+def _one_line(e) -> str:
+    return " ".join(str(e).split())[:2000]
 
 
 if __name__ == "__main__":

@@ -101,14 +101,22 @@ def _read_jsonl(p: Path, field: str, cond, what: str) -> list[str]:
             raise LineasError(f"{what} {str(p)!r} line {i} has no field {field!r} (has {keys}); pass --field NAME")
         if cond and not _match(obj.get(cond[0]), cond[1]):
             continue
-        out.append(str(obj[field]).strip())
+        value = obj[field]
+        if not isinstance(value, str):  # null, a list, a number: not a text (str() would train on "None")
+            kind = "null" if value is None else type(value).__name__
+            raise LineasError(f"{what} {str(p)!r} line {i}: field {field!r} is {kind}, not a string; "
+                              "fix or remove that line")
+        out.append(value.strip())
     return out
 
 
 def _read_csv(p: Path, field: str | None, cond, delimiter: str, what: str) -> list[str]:
     with open(p, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f, delimiter=delimiter)
-        cols = reader.fieldnames or []
+        try:
+            cols = reader.fieldnames or []
+        except csv.Error as e:
+            raise LineasError(f"{what} {str(p)!r}: cannot read its header line ({e})") from None
         if field is None:
             field = next((c for c in ("text", "comment_text", "sentence", "prompt") if c in cols), None)
             if field is None:
@@ -117,7 +125,11 @@ def _read_csv(p: Path, field: str | None, cond, delimiter: str, what: str) -> li
             raise LineasError(f"{what} {str(p)!r} has no column {field!r}; columns are {cols[:8]}")
         if cond and cond[0] not in cols:
             raise LineasError(f"{what} {str(p)!r} has no column {cond[0]!r} for --where; columns are {cols[:8]}")
-        return [(row[field] or "").strip() for row in reader if not cond or _match(row.get(cond[0]), cond[1])]
+        try:
+            return [(row[field] or "").strip() for row in reader if not cond or _match(row.get(cond[0]), cond[1])]
+        except csv.Error as e:  # e.g. a field over csv's 131,072-character limit, a NUL byte
+            raise LineasError(f"{what} {str(p)!r} line {reader.line_num}: {e}; shorten that text or use JSONL "
+                              "(one JSON object per line)") from None
 
 
 def require_samples(texts: Sequence[str], what: str, minimum: int = 2) -> None:
@@ -142,6 +154,10 @@ def hash_texts(texts: Iterable[str]) -> list[str]:
 def check_disjoint(prompts: Sequence[str], training_hashes: Iterable[str], *, what: str = "evaluation prompts",
                    used_for: str = "train this steering", fix: str = "evaluate on held-out prompts") -> None:
     """Refuse evaluation texts that were used (as prompts or samples) to train or calibrate the steering."""
+    ok = isinstance(training_hashes, (list, tuple, set, frozenset)) and all(isinstance(h, str) for h in training_hashes)
+    if not ok:
+        raise LineasError(f"the steering's hashes of the texts used to {used_for} are corrupt (not a list of "
+                          "strings); retrain or use an intact copy of the file")
     seen = set(training_hashes)
     clash = [p for p in prompts if text_hash(p) in seen]
     if clash:

@@ -13,8 +13,8 @@ import json
 import logging
 import os
 import re
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -106,7 +106,8 @@ def export_folded(lm: LoadedModel, steering: Steering, out_dir: str | os.PathLik
     real = enc["attention_mask"].bool()  # padded positions attend to nothing: their logits are not outputs
     diff = (hooked - folded)[real].abs().max().item()
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=parent))
+    tmp = parent / f".{out.name}.{secrets.token_hex(6)}.tmp"
+    tmp.mkdir(mode=0o777)  # the umask applies, as for any folder the user makes (mkdtemp would give 0700)
     try:
         new.save_pretrained(tmp, safe_serialization=True)
         lm.tokenizer.save_pretrained(tmp)

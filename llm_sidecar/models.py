@@ -133,12 +133,22 @@ def gguf_to_folder(gguf: str | os.PathLike) -> Path:
     gguf = Path(gguf)
     if not gguf.is_file():
         raise LineasError(f"GGUF file {str(gguf)!r} does not exist; check the --model path")
+    with open(gguf, "rb") as f:
+        magic = f.read(4)
+    if magic != b"GGUF":
+        raise LineasError(f"--model {str(gguf)!r} is named .gguf but is not a GGUF file (it starts with "
+                          f"{magic!r}); give a real .gguf, a HF folder or a hub id")
     out = cache_root() / "models" / _file_key(gguf)
     if (out / "config.json").is_file():
         return out
     logger.info("converting %s to safetensors (once, cached in %s); this can take a minute", gguf.name, out)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    except (ValueError, KeyError, OSError, RuntimeError, TypeError, IndexError) as e:
+        first = (str(e).splitlines() or [""])[0][:200]
+        raise LineasError(f"cannot read GGUF {str(gguf)!r} ({type(e).__name__}: {first}); is it a complete, "
+                          "supported causal-LM GGUF?") from None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.hf_quantizer = None

@@ -10,7 +10,7 @@ from typing import Sequence
 
 import torch
 
-from lineas_engine import steered
+from lineas_engine import LineasError, steered
 
 from .models import LoadedModel
 from .progress import progress
@@ -52,4 +52,7 @@ def perplexity(
     finally:
         tok.padding_side = old_side
     logger.info("perplexity on %d texts (%d tokens) in %.1f s", len(texts), count, time.perf_counter() - start)
-    return math.exp(nll / max(count, 1))
+    if count == 0:  # exp(0 / 1) = 1.00 would read as a perfect model
+        raise LineasError(f"no token to score in the {len(texts)} perplexity text(s): each needs at least two "
+                          "tokens (the first is never predicted); give full sentences")
+    return math.exp(nll / count)

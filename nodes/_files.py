@@ -12,6 +12,8 @@ from ..lineas_engine import LineasError, SteeringRecord, load_record, save_recor
 
 FOLDER = "lineas"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_. -]{0,100}")
+# names Windows maps to devices whatever the extension (CON.x, nul.safetensors, COM1...)
+_RESERVED = re.compile(r"(?i)(con|prn|aux|nul|com[0-9\u00b9\u00b2\u00b3]|lpt[0-9\u00b9\u00b2\u00b3]|conin\$|conout\$)")
 
 
 def register_folder() -> None:
@@ -38,14 +40,18 @@ def check_name(name: str) -> str:
     name = (name or "").strip()
     if name.endswith(".safetensors"):
         name = name[: -len(".safetensors")]
-    if not _NAME.fullmatch(name) or ".." in name:
+    if not _NAME.fullmatch(name) or ".." in name or name.endswith((".", " ")):
         raise LineasError(f"steering name {name!r} is not allowed: use letters, digits, '_', '-', '.', spaces "
-                          "(no folders, no '..'), e.g. my_style")
+                          "(no folders, no '..', not ending in '.' or a space), e.g. my_style")
+    if _RESERVED.fullmatch(name.split(".")[0].strip()):
+        raise LineasError(f"steering name {name!r} is a reserved device name on Windows; choose another, "
+                          "e.g. my_style")
     return name
 
 
 def save_ref(ref: SteeringRecord, name: str) -> Path:
-    """Save into output/lineas/<name>_NNNNN.safetensors (never overwrites; atomic)."""
+    """Save into output/lineas/<name>_NNNNN.safetensors (never overwrites, also under concurrent saves of
+    the same name: the final step is an exclusive link, and a taken number moves on to the next; atomic)."""
     import folder_paths
 
     name = check_name(name)
@@ -55,11 +61,16 @@ def save_ref(ref: SteeringRecord, name: str) -> Path:
     counter = 1
     while f"{name}_{counter:05d}.safetensors" in existing:
         counter += 1
-    path = out_dir / f"{name}_{counter:05d}.safetensors"
-    if path.resolve().parent != out_dir.resolve():
-        raise LineasError(f"steering name {name!r} would leave the output folder")
-    save_record(path, dataclasses.replace(ref, name=name))
-    return path
+    for _ in range(1000):
+        path = out_dir / f"{name}_{counter:05d}.safetensors"
+        if path.resolve().parent != out_dir.resolve():
+            raise LineasError(f"steering name {name!r} would leave the output folder")
+        try:
+            save_record(path, dataclasses.replace(ref, name=name), overwrite=False)
+            return path
+        except FileExistsError:  # another save took this number meanwhile
+            counter += 1
+    raise LineasError(f"could not find a free file name for {name!r} in {out_dir}; choose another name")
 
 
 def load_ref(filename: str) -> SteeringRecord:

@@ -7,6 +7,7 @@ start/end range of the schedule. Fold path: "diff" weight patches for sites whos
 
 from __future__ import annotations
 
+import math
 import uuid
 
 import torch
@@ -68,6 +69,8 @@ def _hook_wrapper(steering: Steering, strength: float, sigma_start: float, sigma
 def apply_steering(model, ref: SteeringRecord, strength: float, start_percent: float = 0.0,
                    end_percent: float = 1.0, invert: bool = False, mode: str = "hooks"):
     """A clone of ``model`` with the steering applied; ``model`` itself is never modified."""
+    if not math.isfinite(strength):
+        raise LineasError(f"strength must be a finite number, got {strength!r}")
     if not 0.0 <= start_percent <= end_percent <= 1.0:
         raise LineasError(f"need 0 <= start_percent <= end_percent <= 1, got {start_percent}, {end_percent}")
     check_fits(model, ref)

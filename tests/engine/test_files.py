@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import save as st_save
 
 from lineas_engine import (
+    FORMAT_VERSION,
     IncompatibleSteeringError,
     SiteSpec,
     Steering,
@@ -39,7 +40,7 @@ def test_round_trip_exact(tmp_path):
     for k, v in s.state_dict().items():
         assert torch.equal(loaded.state_dict()[k], v)
     assert meta.fingerprint == {"architecture": "Toy"} and meta.config == {"lr": 0.1}
-    assert meta.training == {"steps": 3} and meta.extra == {"note": "hi"} and meta.format_version == 1
+    assert meta.training == {"steps": 3} and meta.extra == {"note": "hi"} and meta.format_version == FORMAT_VERSION
     # deterministic bytes
     again = save_steering(tmp_path / "y.safetensors", s, fingerprint={"architecture": "Toy"},
                           config={"lr": 0.1}, training={"steps": 3}, extra={"note": "hi"})

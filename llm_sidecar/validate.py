@@ -1,0 +1,254 @@
+"""Up-front checks for `lineas-llm`: every numeric argument before anything is loaded, output paths
+before any work (never replace a file that is not asked for, never a device node, a FIFO, a folder or a
+symlink), trained maps before they are saved, and a safe place for a trained result whose save failed."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import stat
+import time
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+from lineas_engine import LineasError
+
+__all__ = [
+    "MAX_STRENGTH",
+    "MAX_LR",
+    "MAX_ABS_MAP",
+    "check_args",
+    "check_strength",
+    "check_out_file",
+    "check_report_dir",
+    "check_export_dir",
+    "check_map",
+    "check_scorable",
+    "hashes_of",
+    "save_or_rescue",
+]
+
+logger = logging.getLogger(__name__)
+
+MAX_STRENGTH = 10.0  # |strength|: 1 is the trained map; far beyond it the map only extrapolates
+MAX_LR = 100.0
+MAX_ABS_MAP = 1e6  # |w|, |b| of a trained map beyond this = a diverged training (activations overflow)
+_MAX_SEED = 2**63 - 1
+
+
+def _number(value, flag: str, *, low: float | None = None, high: float | None = None, low_open: bool = False,
+            hint: str = "") -> None:
+    bad = not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value)
+    if not bad and low is not None:
+        bad = value <= low if low_open else value < low
+    if not bad and high is not None:
+        bad = value > high
+    if bad:
+        rng = f"{'(' if low_open else '['}{low if low is not None else '-inf'}, {high if high is not None else 'inf'}]"
+        raise LineasError(f"{flag} must be a finite number in {rng}, got {value!r}{hint}")
+
+
+def _int(value, flag: str, low: int, high: int = 10**9) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise LineasError(f"{flag} must be an integer in [{low}, {high}], got {value!r}")
+
+
+def check_strength(value, flag: str = "--strength") -> None:
+    _number(value, flag, low=-MAX_STRENGTH, high=MAX_STRENGTH,
+            hint=" (1 = the trained map, 0 = off, e.g. 0.5)")
+
+
+def check_args(a) -> None:
+    """Validate every numeric argument the command has, before any file or model is loaded."""
+    has = lambda k: getattr(a, k, None) is not None  # noqa: E731
+    if has("strength"):
+        check_strength(a.strength)
+    if has("strengths"):
+        if not a.strengths:
+            raise LineasError("--strengths is empty; give a comma-separated list, e.g. 0,0.5,1")
+        for s in a.strengths:
+            check_strength(s, "each of --strengths")
+    if has("seeds"):
+        if not a.seeds:
+            raise LineasError("--seeds is empty; give a comma-separated list of integers, e.g. 0,1")
+        for s in a.seeds:
+            _int(s, "each of --seeds", 0, _MAX_SEED)
+    if has("seed"):
+        _int(a.seed, "--seed", 0, _MAX_SEED)
+    if has("lr"):
+        _number(a.lr, "--lr", low=0, high=MAX_LR, low_open=True, hint=" (the paper: 0.1 with sgd, 0.0075 with adam)")
+    if has("sparsity"):
+        _number(a.sparsity, "--sparsity", low=0, high=1e3, hint=" (0 = dense)")
+    if has("max_ppl_increase"):
+        _number(a.max_ppl_increase, "--max-ppl-increase", low=0, high=1e3, low_open=True, hint=" (0.1 = +10%)")
+    for key, low in (("steps", 1), ("batch_size", 1), ("max_length", 1), ("patience", 0), ("max_new_tokens", 1),
+                     ("gen_batch_size", 1), ("max_prompts", 0), ("max_neutral", 0), ("eval_prompts", 1),
+                     ("calibrate", 0)):
+        if has(key):
+            _int(getattr(a, key), "--" + key.replace("_", "-"), low, 10**6 if key != "steps" else 10**7)
+    if has("n"):
+        _int(a.n, "--n", 2, 10**6)
+    if getattr(a, "command", None) == "demo" and has("neutral"):
+        _int(a.neutral, "--neutral", 1, 10**6)
+    if has("temperature"):
+        _number(a.temperature, "--temperature", low=0, high=100, hint=" (0 = greedy)")
+    if has("top_p"):
+        _number(a.top_p, "--top-p", low=0, high=1, low_open=True)
+    if has("repetition_penalty"):
+        _number(a.repetition_penalty, "--repetition-penalty", low=0, high=100, low_open=True)
+
+
+def _kind(st: os.stat_result) -> str:
+    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISLNK, "a symbolic link")):
+        if test(st.st_mode):
+            return name
+    return "not a regular file"
+
+
+def check_out_file(path: str, force: bool = False, flag: str = "--out") -> Path:
+    """An output file that may be written: never a folder, device, FIFO, socket or symlink; an existing
+    regular file only with ``--force``; its folder must exist and be writable."""
+    if not path or not path.strip():
+        raise LineasError(f"{flag} is empty; give a file name such as detox.safetensors")
+    p = Path(path).expanduser()
+    try:
+        st = os.lstat(p)
+    except FileNotFoundError:
+        st = None
+    except OSError as e:
+        raise LineasError(f"cannot use {flag} {path!r}: {e.strerror}") from None
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        raise LineasError(f"{flag} {path!r} is {_kind(st)}; refusing to replace it: give a new file name")
+    if st is not None and not force:
+        raise LineasError(f"{flag} {path!r} already exists; choose a new name, or pass --force to replace it")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise LineasError(f"cannot write {flag} {path!r}: folder {str(parent)!r} does not exist or is not writable")
+    return p
+
+
+REPORT_FILES = ("results.json", "results.md", "toxicity_vs_perplexity.png")
+
+
+def check_report_dir(path: str, force: bool = False) -> Path:
+    """``eval --report``, checked before any generation: a new folder (created when the report is written,
+    so that a failed run leaves nothing), an empty one, or one whose result files may be replaced
+    (``--force``)."""
+    if not path or not path.strip():
+        raise LineasError("--report is empty; give a folder name such as out/")
+    d = Path(path).expanduser()
+    if os.path.lexists(d) and (d.is_symlink() or not d.is_dir()):
+        raise LineasError(f"--report {path!r} exists and is not a folder; give a folder name")
+    base = d
+    while not base.exists():  # the nearest existing ancestor is where the folder will be created
+        if base.parent == base:
+            break
+        base = base.parent
+    if not base.is_dir() or not os.access(base, os.W_OK):
+        raise LineasError(f"cannot create report folder {path!r}: {str(base)!r} is not a writable folder; "
+                          "choose a writable --report")
+    for name in REPORT_FILES:
+        f = d / name
+        if os.path.lexists(f):
+            if f.is_symlink() or not f.is_file():
+                raise LineasError(f"{str(f)!r} exists and is not a regular file; choose another --report")
+            if not force:
+                raise LineasError(f"--report {path!r} already holds {name}; choose a new folder, or pass --force "
+                                  "to replace the report")
+    return d
+
+
+def check_export_dir(path: str) -> Path:
+    """``export --out``: a new folder, or an existing empty one (never a file, a symlink or a full folder)."""
+    if not path or not path.strip():
+        raise LineasError("--out is empty; give a new folder name such as detox-model/")
+    p = Path(path).expanduser()
+    if p.is_symlink():
+        raise LineasError(f"--out {path!r} is a symbolic link; give a new folder (the real path)")
+    if p.exists():
+        if not p.is_dir():
+            raise LineasError(f"--out {path!r} exists and is not a folder; choose a new folder name")
+        if any(p.iterdir()):
+            raise LineasError(f"--out {path!r} exists and is not empty; choose a new folder")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise LineasError(f"cannot write --out {path!r}: {str(parent)!r} is not a writable folder")
+    return p
+
+
+def check_map(steering, what: str = "the trained steering", max_abs: float = MAX_ABS_MAP,
+              fix: str = "retrain with a lower --lr (or fewer --steps)") -> None:
+    """Every scale and shift finite and within ``max_abs``; otherwise name the site and the reason."""
+    import torch
+
+    with torch.no_grad():
+        for s in steering.sites:
+            for kind, t in (("scale", steering.weight(s)), ("shift", steering.bias(s))):
+                t = t.detach().float()
+                if not torch.isfinite(t).all():
+                    raise LineasError(f"{what} has NaN or infinite {kind}s at site {s!r}: the training diverged; "
+                                      f"{fix}")
+                m = t.abs().max().item()
+                if m > max_abs:
+                    raise LineasError(f"{what} has a {kind} of magnitude {m:.3g} at site {s!r} (more than "
+                                      f"{max_abs:g}): the training diverged; {fix}")
+
+
+def check_scorable(lm, texts: Sequence[str], flag: str, max_length: int = 128) -> None:
+    """Perplexity needs texts of at least two tokens (the first token is never scored)."""
+    tok = lm.tokenizer
+    lengths = [len(ids) for ids in tok(list(texts), truncation=True, max_length=max_length)["input_ids"]]
+    if sum(max(n - 1, 0) for n in lengths) == 0:
+        raise LineasError(f"{flag}: none of its {len(texts)} texts has two tokens, so there is nothing to measure "
+                          "perplexity on; give full sentences")
+
+
+def hashes_of(meta, key: str, path: str) -> list[str]:
+    """``meta.extra[key]``: a list of hash strings (a crafted or corrupt file must not pass as 'no hashes')."""
+    v = meta.extra.get(key, [])
+    if not isinstance(v, list) or not all(isinstance(h, str) for h in v):
+        raise LineasError(f"steering {path!r}: extra.{key} is not a list of hashes ({type(v).__name__}); "
+                          "the file is corrupt or was edited: retrain or use an intact copy")
+    return v
+
+
+def _rescue_dirs() -> Iterable[Path]:
+    from .models import cache_root
+
+    yield cache_root() / "unsaved"
+    import tempfile
+
+    yield Path(tempfile.gettempdir())
+
+
+def save_or_rescue(save: Callable[[Path], object], out: Path, what: str = "the trained steering") -> Path:
+    """``save(out)``; when that fails (disk full, the name taken meanwhile, a vanished folder...), save to a
+    safe place instead and raise one line naming both, so that hours of training are never lost."""
+    try:
+        save(out)
+        return out
+    except FileExistsError:
+        reason = "it was created by someone else meanwhile (not replaced)"
+    except OSError as e:
+        reason = e.strerror or str(e)
+    except LineasError as e:
+        if "diverged" in str(e) or "NaN" in str(e):
+            raise
+        reason = str(e)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    tried = []
+    for d in _rescue_dirs():
+        spot = d / f"{out.stem}-{stamp}-{os.getpid()}{out.suffix or '.safetensors'}"
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            save(spot)
+        except (OSError, LineasError) as e:
+            tried.append(f"{spot} ({getattr(e, 'strerror', None) or e})")
+            continue
+        raise LineasError(f"cannot write {str(out)!r}: {reason}; {what} was kept at {spot}: move it where you "
+                          "want it")
+    raise LineasError(f"cannot write {str(out)!r}: {reason}; keeping {what} elsewhere failed too: "
+                      + "; ".join(tried))
