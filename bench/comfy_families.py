@@ -80,7 +80,7 @@ def _flux(hidden: int, guidance: bool) -> dict:
 FAMILIES: dict[str, Family] = {f.name: f for f in [
     Family("sd15", "SD15", {**_unet(768, None, [1], [1], False, heads=8, head_ch=-1)}, (77, 768), 768,
            latent_channels=4),
-    Family("sdxl", "SDXL", _unet(2048, 2816, [1, 2], [0, 1], True), (77, 2048), 1280, latent_channels=4),
+    Family("sdxl", "SDXL", _unet(2048, 2816, [1], [1], True), (77, 2048), 1280, latent_channels=4),
     Family("sd35", "SD3", {"in_channels": 16, "patch_size": 2, "out_channels": 16, "depth": 2, "input_size": None,
                            "adm_in_channels": 2048,
                            "context_embedder_config": {"target": "torch.nn.Linear",
