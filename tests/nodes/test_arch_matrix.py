@@ -72,6 +72,8 @@ def test_family_trains_applies_samples(comfy, fam_dir, family, dtype):
 
     lf = load_family(family, fam_dir, dtype)
     model, fam = lf.model, lf.family
+    if dtype in ("bf16", "fp16"):  # compute in that dtype as on a GPU (the CPU would manual-cast to fp32)
+        model = comfy.nodes.NODE_CLASS_MAPPINGS["ModelComputeDtype"]().patch(model, dtype)[0]
     cond = make_conditioning(fam)
     vae = make_vae(fam.latent_channels)
     name = f"arch_{family}_{dtype}"
@@ -92,7 +94,7 @@ def test_family_trains_applies_samples(comfy, fam_dir, family, dtype):
         assert torch.equal(loaded.steering.weight(s), ref.steering.weight(s))
         assert torch.equal(loaded.steering.bias(s), ref.steering.bias(s))
     # sampling: strength 0 is the unsteered model bit for bit; hooks and fold agree; strength 1 acts
-    shape = (1, fam.latent_channels, 1, RES // 8, RES // 8) if fam.video else (1, fam.latent_channels, RES // 8, RES // 8)
+    shape = (1, fam.latent_channels) + ((1,) if fam.video else ()) + (RES // 8, RES // 8)
     latent = torch.zeros(shape)
     plain = _ksample(comfy, model, cond, latent)
     (m0,) = _node(comfy, "LineasApply", model=model, steering=loaded, strength=0.0, start_percent=0.0,
