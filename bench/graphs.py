@@ -44,10 +44,11 @@ SMALL_TRAINING = {"learning_rate": 0.02, "noise_start": 0.2, "noise_end": 0.9, "
 
 
 def train_node(target_folder: str, source: list | None = None, source_folder: str = "", steps: int = 4,
-               name: str = "style", seed: int = 0, model: list | None = None, vae: list | None = None, **over) -> dict:
+               name: str = "style", seed: int = 0, model: list | None = None, vae: list | None = None,
+               conditioning: list | None = None, **over) -> dict:
     inputs = {**node_defaults("LineasTrainStyle"), **SMALL_TRAINING, "model": model or ["ckpt", 0],
               "vae": vae or ["ckpt", 2], "target_folder": target_folder, "source_folder": source_folder,
-              "steps": steps, "seed": seed, "name": name}
+              "steps": steps, "seed": seed, "name": name, "conditioning": conditioning or ["neg", 0]}
     if source is not None:
         inputs["source_images"] = source
     inputs.update(over)

@@ -94,7 +94,7 @@ def train_graph(cfg: BenchConfig, ckpt_name: str, target: Path, method: str, nam
     g["train"] = train_node(str(target), source=["dec_src", 0], steps=cfg.train_steps, name=name, seed=cfg.seed,
                             learning_rate=cfg.learning_rate, sites=cfg.sites, noise_start=cfg.noise_start,
                             noise_end=cfg.noise_end, noise_levels=cfg.noise_levels, resolution=cfg.size,
-                            batch_size=cfg.batch_size, method=method)
+                            batch_size=cfg.batch_size, method=method, conditioning=["zero", 0])
     g["loss"] = {"class_type": "SaveImage", "inputs": {"images": ["train", 1], "filename_prefix": f"{name}_loss"}}
     return g
 
