@@ -298,7 +298,10 @@ def cmd_export(a) -> int:
 
 def cmd_demo(a) -> int:
     from .demo import run_demo
+    from .validate import check_out_file
 
+    if a.out:
+        check_out_file(a.out)  # before the minutes of the demo, never over an existing file
     run_demo(model=a.model, n=a.n, steps=a.steps, eval_prompts=a.eval_prompts, neutral=a.neutral, out=a.out,
              seed=a.seed, stream=sys.stdout, calibrate=a.calibrate, max_ppl_increase=a.max_ppl_increase)
     return 0
