@@ -204,6 +204,11 @@ def cmd_train(a) -> int:
     with progress_bar(cfg.steps, "train") as bar:
         outcome = train_steering(lm, source, target, method=a.method, sites_pattern=a.sites, config=cfg,
                                  max_length=a.max_length, on_step=bar)
+    check_map(outcome.steering)  # finite and sane before calibrating or saving it
+    r = outcome.result
+    if r is not None and r.losses and not r.losses[-1] <= 10 * r.losses[0]:
+        logger.warning("the loss rose from %.4g to %.4g: the training diverged; retrain with a lower --lr",
+                       r.losses[0], r.losses[-1])
     cal_note = ""
     if calib is not None:
         from .calibrate import calibrate_outcome
@@ -211,7 +216,6 @@ def cmd_train(a) -> int:
         cal = calibrate_outcome(lm, outcome, calib, max_increase=a.max_ppl_increase)
         cal_note = (f"; calibrated to strength {cal.strength:.3f} (perplexity {cal.base_perplexity:.2f} -> "
                     f"{cal.perplexity:.2f} on {cal.num_texts} --calibrate-on texts)")
-    check_map(outcome.steering)
     save_or_rescue(lambda p: save_trained(p, lm, outcome, cfg, training_prompts=prompts,
                                           calibration_texts=calib or (), overwrite=a.force), out)
     r = outcome.result
