@@ -195,6 +195,16 @@ def test_a_diverged_map_is_never_saved_and_an_old_one_is_refused(tiny_llama_dir,
     assert not (texts / "exp").exists()
 
 
+def test_a_diverging_training_is_reported(tiny_llama_dir, texts, capsys, caplog):
+    """The probe's 'loss 0.197 -> 72' run: said on stderr, not only in the figures of the 'wrote' line."""
+    out = texts / "div.safetensors"
+    args = [a for a in train_args(tiny_llama_dir, texts, out) if a not in ("--optimizer", "adam")]
+    args[args.index("--lr") + 1], args[args.index("--steps") + 1] = "100", "5"
+    code, stdout, err = run(capsys, *args, "--optimizer", "sgd")
+    assert code == 0 and "wrote" in stdout
+    assert "the training diverged; retrain with a lower --lr" in err + caplog.text  # a logged warning
+
+
 # -- item 5: the wrong model -------------------------------------------------------------------------------------
 def test_a_steering_for_2_layers_is_refused_on_3_layers_unless_transfer_is_asked(tiny_llama_dir, tiny_llama3_dir,
                                                                                   trained, capsys):
