@@ -363,7 +363,7 @@ def test_signals_during_training_leave_no_file(tiny_llama_dir, texts, tmp_path, 
     args = train_args(tiny_llama_dir, texts, out_dir / "s.safetensors")
     args[args.index("--steps") + 1] = "1000000"
     before = signal.getsignal(signal.SIGTERM)
-    timer = threading.Timer(3.0, os.kill, (os.getpid(), sig))
+    timer = threading.Timer(1.0, os.kill, (os.getpid(), sig))
     timer.start()
     try:
         got, _, err = run(capsys, *args)
