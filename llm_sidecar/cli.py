@@ -215,6 +215,10 @@ def cmd_train(a) -> int:
         record, r = train_steering(lm, source, target, method=a.method, sites_pattern=a.sites, config=cfg,
                                    max_length=a.max_length, on_step=bar, training_prompts=prompts,
                                    name=Path(out).stem)
+    check_map(record.steering)  # finite and sane before calibrating or saving it
+    if r.losses and not r.losses[-1] <= 10 * r.losses[0]:
+        logger.warning("the loss rose from %.4g to %.4g: the training diverged; retrain with a lower --lr",
+                       r.losses[0], r.losses[-1])
     cal_note = ""
     if calib is not None:
         from .calibrate import calibrate_record
@@ -222,7 +226,6 @@ def cmd_train(a) -> int:
         cal = calibrate_record(lm, record, calib, max_increase=a.max_ppl_increase)
         cal_note = (f"; calibrated to strength {cal.strength:.3f} (perplexity {cal.base_perplexity:.2f} -> "
                     f"{cal.perplexity:.2f} on {cal.num_texts} --calibrate-on texts)")
-    check_map(record.steering)
     save_or_rescue(lambda p: save_record(p, record, overwrite=a.force), out)
     loss = f", loss {r.losses[0]:.4g} -> {r.losses[-1]:.4g} in {r.steps} steps" if r.steps else ""
     sys.stdout.write(f"wrote {out} ({record.method}, {len(record.steering.sites)} sites, {r.seconds:.1f} s{loss}, "
@@ -308,7 +311,10 @@ def cmd_export(a) -> int:
 
 def cmd_demo(a) -> int:
     from .demo import run_demo
+    from .validate import check_out_file
 
+    if a.out:
+        check_out_file(a.out)  # before the minutes of the demo, never over an existing file
     run_demo(model=a.model, n=a.n, steps=a.steps, eval_prompts=a.eval_prompts, neutral=a.neutral, out=a.out,
              seed=a.seed, stream=sys.stdout, calibrate=a.calibrate, max_ppl_increase=a.max_ppl_increase)
     return 0

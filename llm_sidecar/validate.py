@@ -81,7 +81,9 @@ def check_args(a) -> None:
     if has("sparsity"):
         _number(a.sparsity, "--sparsity", low=0, high=1e3, hint=" (0 = dense)")
     if has("max_ppl_increase"):
-        _number(a.max_ppl_increase, "--max-ppl-increase", low=0, high=1e3, low_open=True, hint=" (0.1 = +10%)")
+        v = a.max_ppl_increase
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and 0 < v <= 1e3):
+            raise LineasError(f"--max-ppl-increase must be > 0 and at most 1000 (e.g. 0.1 for +10%), got {v}")
     for key, low in (("steps", 1), ("batch_size", 1), ("max_length", 1), ("patience", 0), ("max_new_tokens", 1),
                      ("gen_batch_size", 1), ("max_prompts", 0), ("max_neutral", 0), ("eval_prompts", 1),
                      ("calibrate", 0)):
@@ -134,22 +136,21 @@ REPORT_FILES = ("results.json", "results.md", "toxicity_vs_perplexity.png")
 
 
 def check_report_dir(path: str, force: bool = False) -> Path:
-    """``eval --report``, checked before any generation: a new folder (created when the report is written,
-    so that a failed run leaves nothing), an empty one, or one whose result files may be replaced
-    (``--force``)."""
+    """``eval --report``, before any generation: a folder that can be created (it is created only when the
+    report is written), an empty one, or one whose result files may be replaced (``--force``)."""
     if not path or not path.strip():
         raise LineasError("--report is empty; give a folder name such as out/")
     d = Path(path).expanduser()
     if os.path.lexists(d) and (d.is_symlink() or not d.is_dir()):
         raise LineasError(f"--report {path!r} exists and is not a folder; give a folder name")
     base = d
-    while not base.exists():  # the nearest existing ancestor is where the folder will be created
-        if base.parent == base:
-            break
+    while not os.path.lexists(base) and base != base.parent:
         base = base.parent
     if not base.is_dir() or not os.access(base, os.W_OK):
         raise LineasError(f"cannot create report folder {path!r}: {str(base)!r} is not a writable folder; "
-                          "choose a writable --report")
+                          "choose another --report")
+    if not d.is_dir():
+        return d
     for name in REPORT_FILES:
         f = d / name
         if os.path.lexists(f):
