@@ -127,6 +127,7 @@ def prepare_server_base(base: Path) -> None:
     """The folders and files the templates name, on the tiny checkpoint: the checkpoint under the
     templates' name and a small style-image folder (made here)."""
     from bench.comfy_runtime import CACHE, CKPT, make_base_dir
+    from bench.style_images import make_style_images
     from bench.templates import CKPT as TEMPLATE_CKPT
     from bench.tiny_checkpoint import ensure_checkpoint
 
@@ -140,34 +141,7 @@ def prepare_server_base(base: Path) -> None:
     (base / "user" / "default").mkdir(parents=True, exist_ok=True)
     # a returning user: no first-run template browser over the canvas
     (base / "user" / "default" / "comfy.settings.json").write_text(json.dumps(
-        {"Comfy.TutorialCompleted": True, "Comfy.InstalledVersion": "1.27.10"}))
-
-
-def make_style_images(folder: Path, n: int = 6, size: int = 64, seed: int = 0, style: str = "illustration"):
-    """Small deterministic images: flat pastel shapes with dark outlines ("illustration") or smooth noisy
-    gradients ("photo")."""
-    import numpy as np
-    from PIL import Image, ImageDraw
-
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for i in range(n):
-        if style == "illustration":
-            im = Image.new("RGB", (size, size), tuple(int(c) for c in rng.integers(180, 255, 3)))
-            d = ImageDraw.Draw(im)
-            for _ in range(3):
-                x0, y0 = (int(v) for v in rng.integers(0, size // 2, 2))
-                x1, y1 = x0 + int(rng.integers(size // 4, size // 2)), y0 + int(rng.integers(size // 4, size // 2))
-                fill = tuple(int(c) for c in rng.integers(120, 255, 3))
-                (d.ellipse if rng.random() < 0.5 else d.rectangle)([x0, y0, x1, y1], fill=fill, outline=(20, 20, 20),
-                                                                   width=3)
-        else:
-            yy, xx = np.mgrid[0:size, 0:size] / size
-            base = rng.uniform(0.2, 0.8, 3)
-            arr = base + 0.3 * np.stack([xx, yy, xx * yy], -1) + rng.normal(0, 0.08, (size, size, 3))
-            im = Image.fromarray((np.clip(arr, 0, 1) * 255).astype("uint8"))
-        im.save(folder / f"{style}_{i:02d}.png")
-    return folder
+        {"Comfy.TutorialCompleted": True, "Comfy.InstalledVersion": "1.27.10", "Comfy.Minimap.Visible": False}))
 
 
 # what a user would turn down to run the templates on a CPU with the tiny checkpoint

@@ -11,6 +11,7 @@ against ComfyUI's own frontend.
 from __future__ import annotations
 
 import json
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +20,8 @@ OUT = REPO / "workflows"
 WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
 GAP = 24           # between nodes in a column and between columns
 PAD = 14           # group padding
-TITLE = 50         # group title band
+TITLE = 70         # group title band, plus the first node's title bar
+NODE_TITLE = 30    # a node's title bar sits above its pos; its size is the body only
 COLORS = ["#3f789e", "#8A8", "#a1309b", "#b58b2a", "#88A"]
 
 
@@ -89,7 +91,7 @@ def _height(defs, n: N) -> int:
     return h
 
 
-def build(defs, steps: list[dict]) -> dict:
+def build(defs, steps: list[dict], name: str = "lineas") -> dict:
     """``steps``: [{"title", "note" (markdown), "columns": [[N, ...], ...]}], left to right."""
     nodes, links, groups = [], [], []
     keys: dict[str, int] = {}
@@ -125,11 +127,11 @@ def build(defs, steps: list[dict]) -> dict:
         col_x = gx + PAD
         col_bottoms = []
         width = sum(max(m.width for m in col) for col in step["columns"]) + GAP * (len(step["columns"]) - 1)
-        note_h = step.get("note_height", 150)
+        note_h = step.get("note_height", 120)
         nodes.append({"id": 1000 + gi, "type": "MarkdownNote", "pos": [gx + PAD, y0], "size": [width, note_h],
                       "flags": {}, "order": 0, "mode": 0, "inputs": [], "outputs": [], "properties": {},
                       "widgets_values": [step["note"]], "color": "#432", "bgcolor": "#653"})
-        y_start = y0 + note_h + GAP
+        y_start = y0 + note_h + GAP + NODE_TITLE
         for col in step["columns"]:
             cw = max(m.width for m in col)
             y = y_start
@@ -152,7 +154,7 @@ def build(defs, steps: list[dict]) -> dict:
                 for slot, (oname, otype) in enumerate(_outputs(defs, n.class_type)):
                     o = {"name": oname, "type": otype, "links": out_links.get((nid, slot), [])}
                     outs.append(o)
-                node = {"id": nid, "type": n.class_type, "pos": [col_x, y], "size": [cw, h], "flags": {},
+                node = {"id": nid, "type": n.class_type, "pos": [col_x, y], "size": [cw, h - NODE_TITLE], "flags": {},
                         "order": order, "mode": 0, "inputs": in_slots[nid], "outputs": outs,
                         "properties": {"Node name for S&R": n.class_type}, "widgets_values": widgets}
                 if n.title:
@@ -162,11 +164,11 @@ def build(defs, steps: list[dict]) -> dict:
             col_bottoms.append(y)
             col_x += cw + GAP
         gw = width + 2 * PAD
-        gh = max(col_bottoms) - GAP + PAD
+        gh = max(col_bottoms) - GAP - NODE_TITLE + PAD
         groups.append({"id": gi + 1, "title": step["title"], "bounding": [gx, 0, gw, gh],
                        "color": COLORS[gi % len(COLORS)], "font_size": 24, "flags": {}})
         x = gx + gw + GAP
-    return {"id": "00000000-0000-4000-8000-00000000000" + str(len(steps)), "revision": 0,
+    return {"id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"comfyui-lineas/{name}")), "revision": 0,
             "last_node_id": max(n["id"] for n in nodes), "last_link_id": len(links), "nodes": nodes,
             "links": links, "groups": groups, "config": {}, "extra": {"ds": {"scale": 0.6, "offset": [0, 0]}},
             "version": 0.4}
@@ -187,11 +189,11 @@ def _model_nodes(prompt: str = PROMPT, batch: int = 4) -> list[N]:
             N("empty", "EmptyLatentImage", {"width": 512, "height": 512, "batch_size": batch}, width=260)]
 
 
-def _sampler(key, model, latent="empty", pos="pos", seed=42, title=None) -> N:
+def _sampler(key, model, latent="empty", pos="pos", seed=42, title=None, width=260) -> N:
     return N(key, "KSampler", {"model": model, "positive": [pos, 0], "negative": ["neg", 0],
                                "latent_image": [latent, 0], "seed": seed, "steps": 20, "cfg": 7.0,
                                "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0},
-             title=title, width=260)
+             title=title, width=width)
 
 
 def _decode(key, samples, title=None, width=260) -> N:
@@ -201,18 +203,18 @@ def _decode(key, samples, title=None, width=260) -> N:
 def _train(**over) -> N:
     inputs = {"model": ["ckpt", 0], "vae": ["ckpt", 2], "target_folder": "lineas_targets/illustration",
               "source_folder": "", "name": "my_style", "seed": 0, **over}
-    return N("train", "LineasTrainStyle", inputs, width=330)
+    return N("train", "LineasTrainStyle", inputs, width=310)
 
 
 def train_style() -> list[dict]:
     return [
-        {"title": "1 · Model and source images",
+        {"title": "1 · Source images",
          "note": "## 1 · Source images\nPick your **SD1.5 checkpoint**. The sampler draws 4 images for the prompt: "
                  "these are the **source** images, what the model makes *now*. Training learns to move "
                  "them towards your style.",
          "columns": [_model_nodes(), [_sampler("ks", ["ckpt", 0], title="KSampler (source images)"),
                                        _decode("dec", "ks")]]},
-        {"title": "2 · Train on your style images",
+        {"title": "2 · Train",
          "note": "## 2 · Train\nPut 8-40 **style images** in `ComfyUI/input/lineas_targets/illustration` (or type "
                  "another folder). Press **Run**. The steering is saved as `output/lineas/my_style_00001"
                  ".safetensors`; the summary names the file. Copy it to `models/lineas` for the other templates.",
@@ -220,7 +222,7 @@ def train_style() -> list[dict]:
                      [N("loss", "PreviewImage", {"images": ["train", 1]}, title="Loss curve", width=250),
                       N("summary", "PreviewAny", {"source": ["train", 2]}, title="Summary (saved file)",
                         width=250)]]},
-        {"title": "3 · Compare: unsteered vs steered",
+        {"title": "3 · Compare",
          "note": "## 3 · Compare\nSame seed with and without the steering. Images are saved in `output/lineas/`"
                  " (`unsteered_*`, `steered_*`). Change **strength** to dial the style.",
          "columns": [[N("apply", "LineasApply", {"model": ["ckpt", 0], "steering": ["train", 0]}, width=270),
@@ -248,14 +250,14 @@ def strength_sweep() -> list[dict]:
     for c in chains:
         c[1].width = c[2].width = 230
     return [
-        {"title": "1 · Model and prompt",
+        {"title": "1 · Model",
          "note": "## 1 · Model\nThe checkpoint the steering was trained on, and your prompt.",
          "columns": [_model_nodes(batch=1)]},
-        {"title": "2 · Load the steering",
+        {"title": "2 · Steering",
          "note": "## 2 · Steering\nFiles in `models/lineas` or `output/lineas` (press **R** to refresh).",
          "columns": [[N("load", "LineasLoad", {"steering_name": "my_style.safetensors"}, width=260),
                       N("info", "PreviewAny", {"source": ["load", 1]}, title="Steering info", width=260)]]},
-        {"title": "3 · Strength sweep (same seed)",
+        {"title": "3 · Strength sweep, same seed",
          "note": "## 3 · Sweep\nOne column per strength, same seed: 0 = the model alone, 1 = the trained style, "
                  "1.5 = exaggerated. Saved as `output/lineas/strength_<s>_*.png`.",
          "note_height": 120,
@@ -265,9 +267,9 @@ def strength_sweep() -> list[dict]:
 
 def combine() -> list[dict]:
     return [
-        {"title": "1 · Model and prompt", "note": "## 1 · Model\nThe checkpoint both steerings were trained on.",
+        {"title": "1 · Model", "note": "## 1 · Model\nThe checkpoint both steerings were trained on.",
          "columns": [_model_nodes(batch=1)]},
-        {"title": "2 · Two steerings, combined",
+        {"title": "2 · Combine",
          "note": "## 2 · Combine\nTwo files from `models/lineas`. The result is the second applied after the "
                  "first (exact), saved to `output/lineas/combined_*.safetensors`.",
          "columns": [[N("a", "LineasLoad", {"steering_name": "my_style.safetensors"}, title="First steering",
@@ -280,7 +282,7 @@ def combine() -> list[dict]:
                      [N("inspect", "LineasInspect", {"steering": ["comb", 0]}, width=260),
                       N("plot", "PreviewImage", {"images": ["inspect", 0]}, title="Where it acts", width=260),
                       N("text", "PreviewAny", {"source": ["inspect", 1]}, title="Per-site text", width=260)]]},
-        {"title": "3 · Generate with the combination",
+        {"title": "3 · Generate",
          "note": "## 3 · Generate\nThe combined steering applied to the model; saved as "
                  "`output/lineas/combined_*.png`.",
          "columns": [[N("apply", "LineasApply", {"model": ["ckpt", 0], "steering": ["comb", 0]}, width=270),
@@ -296,31 +298,32 @@ def style_phrase() -> list[dict]:
     model.insert(2, N("pos_style", "CLIPTextEncode", {"clip": ["ckpt", 1], "text": styled},
                       title="Prompt + style phrase", width=260, height=150))
     return [
-        {"title": "1 · Prompt, and the same prompt with a style phrase",
+        {"title": "1 · Two prompts",
          "note": "## 1 · No images needed\nWrite a prompt, and the same prompt plus a **style phrase**. The "
                  "model draws both: plain = source, styled = target.",
          "columns": [model]},
-        {"title": "2 · The model draws both sets",
+        {"title": "2 · Draw both",
          "note": "## 2 · Source and target\nSame seeds for both; only the style phrase differs.",
-         "columns": [[_sampler("ks_src", ["ckpt", 0], title="KSampler (plain prompt)"),
-                      _sampler("ks_tgt", ["ckpt", 0], pos="pos_style", title="KSampler (styled prompt)")],
-                     [_decode("dec_src", "ks_src", title="Decode (source)", width=190),
-                      _decode("dec_tgt", "ks_tgt", title="Decode (target)", width=190)]]},
+         "columns": [[_sampler("ks_src", ["ckpt", 0], title="KSampler (plain prompt)", width=240),
+                      _sampler("ks_tgt", ["ckpt", 0], pos="pos_style", title="KSampler (styled prompt)",
+                               width=240)],
+                     [_decode("dec_src", "ks_src", title="Decode (source)", width=170),
+                      _decode("dec_tgt", "ks_tgt", title="Decode (target)", width=170)]]},
         {"title": "3 · Train",
          "note": "## 3 · Train\nLearns the style phrase's effect as a steering, saved as "
                  "`output/lineas/phrase_style_00001.safetensors` (see the summary).",
          "columns": [[_train(target_folder="", name="phrase_style", source_images=["dec_src", 0],
                              target_images=["dec_tgt", 0], conditioning=["pos", 0])],
-                     [N("loss", "PreviewImage", {"images": ["train", 1]}, title="Loss curve", width=220),
+                     [N("loss", "PreviewImage", {"images": ["train", 1]}, title="Loss curve", width=200),
                       N("summary", "PreviewAny", {"source": ["train", 2]}, title="Summary (saved file)",
-                        width=220)]]},
-        {"title": "4 · Plain prompt, steered",
+                        width=200)]]},
+        {"title": "4 · Use it",
          "note": "## 4 · Use it\nThe plain prompt, a new seed, with the steering: the style without the words.",
-         "columns": [[N("apply", "LineasApply", {"model": ["ckpt", 0], "steering": ["train", 0]}, width=260),
-                      _sampler("ks_new", ["apply", 0], seed=7, title="KSampler (steered, new seed)"),
-                      _decode("dec_new", "ks_new"),
+         "columns": [[N("apply", "LineasApply", {"model": ["ckpt", 0], "steering": ["train", 0]}, width=250),
+                      _sampler("ks_new", ["apply", 0], seed=7, title="KSampler (steered, new seed)", width=250),
+                      _decode("dec_new", "ks_new", width=250),
                       N("save", "SaveImage", {"images": ["dec_new", 0], "filename_prefix": "lineas/phrase_steered"},
-                        title="Steered", width=260)]]},
+                        title="Steered", width=250)]]},
     ]
 
 
@@ -331,7 +334,7 @@ TEMPLATES = {"lineas_train_style": train_style, "lineas_strength_sweep": strengt
 def write_all(defs, out: Path = OUT) -> list[Path]:
     paths = []
     for name, fn in TEMPLATES.items():
-        wf = build(defs, fn())
+        wf = build(defs, fn(), name)
         p = out / f"{name}.json"
         p.write_text(json.dumps(wf, indent=1) + "\n")
         paths.append(p)

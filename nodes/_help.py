@@ -58,7 +58,8 @@ TOOLTIPS: dict[str, dict[str, str]] = {
         "micro_batch": "run each batch in chunks of this size to save memory (same result); 0 = all at once",
         "seed": "seed of the training noise and sample order; the same seed and inputs give the same file",
         "name": "file name prefix: saved as output/lineas/<name>_00001.safetensors (letters, digits, _ - . and spaces)",
-        "method": "lineas: the paper's end-to-end training; layer-wise: a closed-form per-layer baseline for comparison",
+        "method": "lineas: the paper's end-to-end training; layer-wise: a closed-form per-layer baseline, "
+                  "for comparison",
         "target_images": "IMAGE batch of style images; used instead of target_folder when connected",
         "source_images": "IMAGE batch of source images, e.g. the model's own generations from a KSampler + VAE Decode",
         "conditioning": "optional prompt conditioning used while training (default: an empty, all-zero one)",

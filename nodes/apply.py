@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ._patcher import apply_steering
 from ._help import documented
+from ._patcher import apply_steering
 from ._types import Steering
 
 

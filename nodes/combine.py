@@ -5,8 +5,8 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..lineas_engine import IncompatibleSteeringError
-from ._steering_ref import SteeringRef
 from ._help import documented
+from ._steering_ref import SteeringRef
 from ._types import Steering
 
 

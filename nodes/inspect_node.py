@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ._plots import bar_plot
 from ._help import documented
+from ._plots import bar_plot
 from ._types import Steering
 
 
