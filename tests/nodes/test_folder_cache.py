@@ -3,6 +3,7 @@ adding / replacing an image retrains (nodes/_folder_key.py, the train node's fin
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 
@@ -14,10 +15,11 @@ pytestmark = pytest.mark.comfy
 
 
 def _key_fn():
+    import importlib
     import sys
 
-    mods = [m for k, m in sys.modules.items() if k.endswith("comfyui-lineas") and hasattr(m, "comfy_entrypoint")]
-    return mods[0].nodes._folder_key.folder_key
+    pack = next(k for k, m in sys.modules.items() if k.endswith("comfyui-lineas") and hasattr(m, "comfy_entrypoint"))
+    return importlib.import_module(f"{pack}.nodes._folder_key").folder_key
 
 
 def test_key_follows_names_sizes_and_mtimes(comfy, style_dirs, tmp_path):
@@ -54,14 +56,19 @@ def test_same_folder_is_cached_and_a_changed_image_retrains(comfy, style_dirs, t
     def made() -> int:
         return len(list(out_dir.glob("cachetest_*.safetensors")))
 
-    comfy.run(g)
+    def run():  # a fresh prompt each time, as the server parses one per request (ComfyUI stores
+        comfy.run(copy.deepcopy(g))  # the fingerprint in the prompt's node dict, execution.py:72-83)
+
+    run()
     assert made() == 1
-    comfy.run(g)  # same folder, same files: ComfyUI's cache, no training
+    run()  # same folder, same files: ComfyUI's cache, no training
     assert made() == 1
     img = sorted(d.glob("*.png"))[0]
     with Image.open(img) as im:
         im.transpose(Image.FLIP_LEFT_RIGHT).save(img)  # a user replaces an image
     st = img.stat()
     os.utime(img, ns=(st.st_atime_ns, st.st_mtime_ns + 2_000_000_000))  # coarse-mtime file systems
-    comfy.run(g)
+    run()
+    assert made() == 2
+    run()  # and cached again
     assert made() == 2
