@@ -62,8 +62,11 @@ def test_help_pages_are_served_where_the_help_panel_looks(frontend):
     assert len(ours) >= 7
     for node in ours:
         assert info[node]["description"], node
-        # the frontend's NodeHelpService fetches /extensions/<pack>/docs/<node>.md for custom nodes
-        md = urllib.request.urlopen(f"{server.url}/extensions/comfyui-lineas/docs/{node}.md", timeout=10).read()
+        # the frontend's NodeHelpService fetches /extensions/<pack>/docs/<node>.md for a custom node, <pack>
+        # taken from the node's python_module ("custom_nodes.<pack>")
+        source, pack = info[node]["python_module"].split(".", 1)
+        assert source == "custom_nodes"
+        md = urllib.request.urlopen(f"{server.url}/extensions/{pack}/docs/{node}.md", timeout=10).read()
         assert md.decode().startswith("# "), node
 
 
@@ -106,3 +109,22 @@ def test_template_loads_right_and_runs_in_the_real_frontend(frontend, name):
     if name in ("lineas_train_style", "lineas_style_phrase"):
         prefix = "my_style" if name == "lineas_train_style" else "phrase_style"
         assert list((server.base / "output" / "lineas").glob(f"{prefix}_*.safetensors"))
+
+
+def test_train_node_added_from_the_library_keeps_its_seed(frontend):
+    """A LineasTrainStyle created in the frontend has no control-after-generate widget (a Run must not
+    retrain with a new seed), and its widget values are the ones the templates store."""
+    server, fe = frontend
+    got = fe.page.evaluate("""() => {
+        const n = window.LiteGraph.createNode("LineasTrainStyle");
+        window.app.graph.add(n);
+        const out = {names: n.widgets.map(w => w.name), values: n.serialize().widgets_values};
+        window.app.graph.remove(n);
+        return out;
+    }""")
+    assert "control_after_generate" not in got["names"]
+    assert got["names"][got["names"].index("seed") + 1] != "control_after_generate"
+    spec = server.get("/object_info/LineasTrainStyle")["LineasTrainStyle"]["input"]
+    widgets = [k for sec in ("required", "optional") for k, v in spec.get(sec, {}).items()
+               if isinstance(v[0], list) or v[0] in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")]
+    assert got["names"] == widgets and len(got["values"]) == len(widgets)
