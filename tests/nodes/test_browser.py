@@ -47,6 +47,11 @@ def frontend(tmp_path_factory):
 
 def test_templates_are_offered_with_thumbnails(frontend):
     server, _ = frontend
+    info = server.get("/object_info")
+    assert info["LineasApply"]["input"]["required"]["steering"][0] == "LINEAS_STEERING"
+    bad = server.post("/prompt", {"prompt": {"1": {"class_type": "LineasLoad",
+                                                    "inputs": {"steering_name": "nope.safetensors"}}}})
+    assert bad.get("http_error") == 400  # validation names the missing file before anything runs
     offered = server.get("/workflow_templates")
     assert set(offered.get("comfyui-lineas", [])) == set(TEMPLATES)
     for name in TEMPLATES:  # the template browser's card image (mediaSubtype "jpg")

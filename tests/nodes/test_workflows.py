@@ -81,6 +81,7 @@ def test_workflow_executes_in_process(comfy, style_dirs, steering_files, path):
 
 @pytest.mark.comfy
 @pytest.mark.slow_server
+@pytest.mark.slow  # opt-in: tests/nodes/test_browser.py runs every template on the same server, in the frontend
 def test_http_server_loads_pack_and_runs_a_workflow(tmp_path, style_dirs):
     ok, why = comfy_available()
     if not ok:
