@@ -282,13 +282,18 @@ def combine() -> list[dict]:
                      [N("inspect", "LineasInspect", {"steering": ["comb", 0]}, width=260),
                       N("plot", "PreviewImage", {"images": ["inspect", 0]}, title="Where it acts", width=260),
                       N("text", "PreviewAny", {"source": ["inspect", 1]}, title="Per-site text", width=260)]]},
-        {"title": "3 · Generate",
-         "note": "## 3 · Generate\nThe combined steering applied to the model; saved as "
-                 "`output/lineas/combined_*.png`.",
+        {"title": "3 · Generate, share as a LoRA",
+         "note": "## 3 · Generate and share\nThe combined steering applied to the model (`output/lineas/"
+                 "combined_*.png`), and saved as a LoRA for ComfyUI's own *Load LoRA (model only)*: "
+                 "`output/loras/combined_lora_00001.safetensors`.",
          "columns": [[N("apply", "LineasApply", {"model": ["ckpt", 0], "steering": ["comb", 0]}, width=270),
                       _sampler("ks", ["apply", 0]), _decode("dec", "ks")],
                      [N("save", "SaveImage", {"images": ["dec", 0], "filename_prefix": "lineas/combined"},
-                        title="Combined style", width=260)]]},
+                        title="Combined style", width=260),
+                      N("lora", "LineasSaveLora", {"model": ["ckpt", 0], "steering": ["comb", 0],
+                                                   "name": "combined_lora", "thumbnail": ["dec", 0]}, width=260),
+                      N("lora_left", "PreviewAny", {"source": ["lora", 1]}, title="Layers not in the LoRA",
+                        width=260, height=130)]]},
     ]
 
 

@@ -111,6 +111,8 @@ def test_template_loads_right_and_runs_in_the_real_frontend(frontend, name):
     assert not fe.dialogs(), f"dialog after running: {fe.dialogs()}"
     saved = [im for o in result["outputs"].values() for im in o.get("images", []) if im["type"] == "output"]
     assert saved, f"{name} saved no image"
+    if name == "lineas_combine":  # the LoRA export ran in the frontend too
+        assert list((server.base / "output" / "loras").glob("combined_lora_*.safetensors"))
     if name in ("lineas_train_style", "lineas_style_phrase"):
         prefix = "my_style" if name == "lineas_train_style" else "phrase_style"
         assert list((server.base / "output" / "lineas").glob(f"{prefix}_*.safetensors"))
