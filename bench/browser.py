@@ -96,6 +96,31 @@ class Frontend:
             const px = window.app.extensionManager.setting.get('LiteGraph.Canvas.MinFontSizeForLOD');
             return px / 14; }"""))
 
+    def open_help(self, node_id: str) -> dict:
+        """Open a node's page in the frontend's node help panel (node library sidebar), as its help button
+        does (nodeHelp store openHelp); returns the panel's state and whether the page shows."""
+        return self.page.evaluate(r"""async (nodeId) => {
+            const pinia = document.querySelector('#vue-app').__vue_app__.config.globalProperties.$pinia;
+            const tabs = pinia._s.get('sidebarTab');
+            if (tabs.activeSidebarTabId !== 'node-library') tabs.toggleSidebarTab('node-library');
+            const help = pinia._s.get('nodeHelp');
+            help.openHelp(pinia._s.get('nodeDef').nodeDefsByName[nodeId]);
+            for (let i = 0; i < 100 && help.isLoading; i++) await new Promise(r => setTimeout(r, 100));
+            await new Promise(r => setTimeout(r, 300));
+            const html = help.renderedHelpHtml || '';
+            const h1 = (html.match(/<h1>([^<]*)<\/h1>/) || [])[1] || '';
+            return {error: help.error, baseUrl: help.baseUrl, title: h1,
+                    shown: h1 !== '' && document.body.innerText.includes(h1)};
+        }""", node_id)
+
+    def close_help(self) -> None:
+        self.page.evaluate("""() => {
+            const pinia = document.querySelector('#vue-app').__vue_app__.config.globalProperties.$pinia;
+            pinia._s.get('nodeHelp').closeHelp();
+            const tabs = pinia._s.get('sidebarTab');
+            if (tabs.activeSidebarTabId) tabs.toggleSidebarTab(tabs.activeSidebarTabId);
+        }""")
+
     def set_widgets(self, values: dict) -> None:
         """{node type: {widget name: value}} on every node of that type, as a user would edit them."""
         self.page.evaluate("""(values) => {

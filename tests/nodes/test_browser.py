@@ -58,10 +58,10 @@ def test_templates_are_offered_with_thumbnails(frontend):
         assert (REPO / "workflows" / f"{name}.jpg").stat().st_size > 2000, name
 
 
-def test_help_pages_are_served_where_the_help_panel_looks(frontend):
+def test_help_pages_show_in_the_node_help_panel(frontend):
     import urllib.request
 
-    server, _ = frontend
+    server, fe = frontend
     info = server.get("/object_info")
     ours = [k for k, v in info.items() if v.get("category") == "lineas"]
     assert len(ours) >= 7
@@ -73,6 +73,12 @@ def test_help_pages_are_served_where_the_help_panel_looks(frontend):
         assert source == "custom_nodes"
         md = urllib.request.urlopen(f"{server.url}/extensions/{pack}/docs/{node}.md", timeout=10).read()
         assert md.decode().startswith("# "), node
+        panel = fe.open_help(node)  # the frontend fetches, renders and shows it
+        assert panel["error"] is None and panel["baseUrl"] == f"/extensions/{pack}/docs/", (node, panel)
+        assert panel["shown"] and panel["title"] == md.decode().splitlines()[0][2:].strip(), (node, panel)
+        if node == "LineasTrainStyle":
+            fe.screenshot(ARTIFACTS / "help_panel_LineasTrainStyle.png")
+    fe.close_help()
 
 
 @pytest.mark.parametrize("name", list(TEMPLATES))
