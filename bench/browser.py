@@ -3,6 +3,7 @@ ComfyUI server (bench.comfy_runtime.ComfyServer) and driven in headless Debian c
 Used by tests/nodes/test_browser.py and to make the template screenshots:
 
     python -m bench.browser shots      # docs/templates/<name>.jpg (Fit View, 1600x1000) + workflows/<name>.jpg
+                                       # + docs/templates/help_panel.jpg
 """
 
 from __future__ import annotations
@@ -216,6 +217,11 @@ def shots(out_docs: Path = REPO / "docs" / "templates", out_thumbs: Path = REPO 
                 thumb.thumbnail((512, 320))
                 thumb.save(out_thumbs / f"{name}.jpg", quality=80)
             print(f"{name}: Fit View zoom {scale:.2f} (text drawn from {fe.lod_scale():.2f}) -> {shot}")
+        fe.open_help("LineasTrainStyle")
+        help_shot = fe.screenshot(out_docs / "help_panel.jpg", quality=70)
+        with Image.open(help_shot) as im:
+            im.convert("RGB").crop((0, 0, 800, 1000)).save(help_shot, quality=70)
+        print(f"node help panel -> {help_shot}")
     finally:
         if fe:
             fe.close()
