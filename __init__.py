@@ -1,6 +1,9 @@
 """ComfyUI entry point of the LinEAS node pack (V3: comfy_entrypoint). Nothing is imported from ComfyUI
 until ComfyUI calls it, so this package also imports cleanly outside ComfyUI (pytest, the CLI)."""
 
+# per-node help pages (web/docs/<node_id>.md), shown in the frontend's node help panel
+WEB_DIRECTORY = "./web"
+
 
 async def comfy_entrypoint():
     from comfy_api.latest import ComfyExtension

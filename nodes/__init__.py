@@ -5,8 +5,9 @@ from .apply import LineasApply
 from .combine import LineasCombine
 from .inspect_node import LineasInspect
 from .io_nodes import LineasLoad, LineasSave
+from .lora_node import LineasSaveLora
 from .train import LineasTrainStyle
 
-NODES = [LineasTrainStyle, LineasApply, LineasLoad, LineasSave, LineasCombine, LineasInspect]
+NODES = [LineasTrainStyle, LineasApply, LineasLoad, LineasSave, LineasCombine, LineasInspect, LineasSaveLora]
 
 __all__ = ["NODES"] + [n.__name__ for n in NODES]

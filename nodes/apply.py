@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
+from ._help import documented
 from ._patcher import apply_steering
 from ._types import Steering
 
@@ -11,7 +12,7 @@ from ._types import Steering
 class LineasApply(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
+        return documented(io.Schema(
             node_id="LineasApply",
             display_name="LinEAS Apply Steering",
             category="lineas",
@@ -28,7 +29,7 @@ class LineasApply(io.ComfyNode):
                                tooltip="fold: bake into the norm weights (no run-time cost, whole schedule)"),
             ],
             outputs=[io.Model.Output()],
-        )
+        ))
 
     @classmethod
     def execute(cls, model, steering, strength, start_percent, end_percent, invert, mode) -> io.NodeOutput:

@@ -5,13 +5,14 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..lineas_engine import IncompatibleSteeringError, SteeringRecord
+from ._help import documented
 from ._types import Steering
 
 
 class LineasCombine(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
+        return documented(io.Schema(
             node_id="LineasCombine",
             display_name="LinEAS Combine Steerings",
             category="lineas",
@@ -19,7 +20,7 @@ class LineasCombine(io.ComfyNode):
                     io.Float.Input("first_strength", default=1.0, min=-10.0, max=10.0, step=0.05),
                     io.Float.Input("second_strength", default=1.0, min=-10.0, max=10.0, step=0.05)],
             outputs=[Steering.Output(display_name="STEERING")],
-        )
+        ))
 
     @classmethod
     def execute(cls, first, second, first_strength, second_strength) -> io.NodeOutput:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
+from ._help import documented
 from ._plots import bar_plot
 from ._types import Steering
 
@@ -11,13 +12,13 @@ from ._types import Steering
 class LineasInspect(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
+        return documented(io.Schema(
             node_id="LineasInspect",
             display_name="LinEAS Inspect Steering",
             category="lineas",
             inputs=[Steering.Input("steering")],
             outputs=[io.Image.Output(display_name="plot"), io.String.Output(display_name="text")],
-        )
+        ))
 
     @classmethod
     def execute(cls, steering) -> io.NodeOutput:

@@ -5,19 +5,20 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ._files import list_files, load_ref, save_ref
+from ._help import documented
 from ._types import Steering
 
 
 class LineasLoad(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
+        return documented(io.Schema(
             node_id="LineasLoad",
             display_name="LinEAS Load Steering",
             category="lineas",
             inputs=[io.Combo.Input("steering_name", options=list_files())],
             outputs=[Steering.Output(display_name="STEERING"), io.String.Output(display_name="info")],
-        )
+        ))
 
     @classmethod
     def execute(cls, steering_name) -> io.NodeOutput:
@@ -28,14 +29,14 @@ class LineasLoad(io.ComfyNode):
 class LineasSave(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
+        return documented(io.Schema(
             node_id="LineasSave",
             display_name="LinEAS Save Steering",
             category="lineas",
             inputs=[Steering.Input("steering"), io.String.Input("name", default="steering")],
             outputs=[io.String.Output(display_name="filename")],
             is_output_node=True,
-        )
+        ))
 
     @classmethod
     def execute(cls, steering, name) -> io.NodeOutput:

@@ -10,6 +10,7 @@ from comfy_api.latest import io
 
 from ..lineas_engine import METHODS
 from ._files import save_ref
+from ._help import documented
 from ._images import RESIZE_MODES, conform, load_folder, resolve_folder
 from ._plots import line_plot, line_plot_pil
 from ._training import PRESETS, train_style
@@ -29,7 +30,7 @@ def _images(folder: str, images, resolution: int, resize: str, what: str) -> tor
 class LineasTrainStyle(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
+        return documented(io.Schema(
             node_id="LineasTrainStyle",
             display_name="LinEAS Train Style Steering",
             category="lineas",
@@ -60,7 +61,8 @@ class LineasTrainStyle(io.ComfyNode):
                 io.Int.Input("batch_size", default=16, min=2, max=4096),
                 io.Int.Input("micro_batch", default=0, min=0, max=4096,
                              tooltip="bound memory: run the batch in chunks of this size (0 = all at once)"),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF,
+                             control_after_generate=False),  # a Run must not retrain with a new seed
                 io.String.Input("name", default="style"),
                 io.Combo.Input("method", options=list(METHODS), default="lineas", optional=True,  # old prompts lack it
                                tooltip="; ".join(f"{k}: {m.description}" for k, m in METHODS.items())),
@@ -77,7 +79,16 @@ class LineasTrainStyle(io.ComfyNode):
                      io.String.Output(display_name="summary")],
             hidden=[io.Hidden.unique_id],
             not_idempotent=False,
-        )
+        ))
+
+    @classmethod
+    def fingerprint_inputs(cls, target_folder="", source_folder="", **_) -> str:
+        """Re-run when a folder's images change (names, sizes, modification times), not only its path."""
+        import folder_paths
+
+        from ._folder_key import folders_key
+
+        return folders_key(folder_paths.get_input_directory(), target_folder, source_folder)
 
     @classmethod
     def execute(cls, model, vae, target_folder, source_folder, steps, learning_rate, optimizer, sparsity, sites,

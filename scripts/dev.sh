@@ -16,6 +16,12 @@ setup() {
   if [ ! -x "$py" ]; then
     python3.11 -m venv "$venv" 2>/dev/null || python3 -m venv "$venv"
   fi
+  # the browser test drives Debian's chromium (Playwright's own browser download does not work offline)
+  if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "[setup] installing chromium (apt) for the browser test" >&2
+    { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; } >/dev/null 2>&1 \
+      || echo "[setup] chromium could not be installed: the browser test will be skipped" >&2
+  fi
   local stamp="$venv/.lineas-stamp"
   local want
   want="$( (cat "$here/pyproject.toml" "$here/scripts/dev.sh"; echo "$here"; if [ -f "$comfy/requirements.txt" ]; then cat "$comfy/requirements.txt"; fi) | sha256sum | cut -c1-16)"

@@ -28,19 +28,16 @@ def comfy(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def style_dirs(tmp_path_factory):
-    """Small real image folders (64 px copies of the shared style images) in ComfyUI-readable files."""
-    from pathlib import Path
+    """Small image folders made here (64 px, bench.style_images): ``illustration`` and ``photo``, 6 each.
+    Nothing outside the repo is read, so a fresh clone runs every node test."""
+    from bench.style_images import make_styles_root
 
-    from PIL import Image
+    return make_styles_root(tmp_path_factory.mktemp("styles"), n=6, size=64)
 
-    shared = Path(__file__).resolve().parents[3] / "shared" / "data" / "styles"
-    if not shared.is_dir():
-        pytest.skip(f"style images not found at {shared}")
-    out = tmp_path_factory.mktemp("styles")
-    for style, n in (("illustration", 6), ("photo", 6)):
-        d = out / style
-        d.mkdir()
-        for f in sorted((shared / style).iterdir())[:n]:
-            with Image.open(f) as im:
-                im.convert("RGB").resize((64, 64)).save(d / (f.stem + ".png"))
-    return out
+
+@pytest.fixture(scope="session")
+def styles_root(tmp_path_factory):
+    """A larger made-up styles root (20 images per class, name pairs) for the diffusion recipe's tests."""
+    from bench.style_images import make_styles_root
+
+    return make_styles_root(tmp_path_factory.mktemp("styles-root"), n=20, size=64, seed=1)

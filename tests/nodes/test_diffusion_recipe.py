@@ -8,34 +8,31 @@ import pytest
 import torch
 
 from bench.diffusion import judge as judge_mod
-from bench.diffusion.data import default_styles_root, group_of, list_items, split_items
-
-STYLES = default_styles_root()
-needs_styles = pytest.mark.skipif(not (STYLES / "photo").is_dir(), reason=f"style images not found at {STYLES}")
+from bench.diffusion.data import group_of, list_items, split_items
 
 
-def _tiny_config():
+def _tiny_config(styles):
     from bench.diffusion.recipe import RecipeConfig
     from bench.diffusion.unet import UNetConfig
     from bench.diffusion.vae import VAEConfig
 
-    return RecipeConfig(limit_per_class=6, latent_crops=0, vae=VAEConfig(steps=2, batch=4, log_every=1),
+    return RecipeConfig(styles=str(styles), limit_per_class=6, latent_crops=0,
+                        vae=VAEConfig(steps=2, batch=4, log_every=1),
                         unet=UNetConfig(steps=2, batch=4, log_every=1))
 
 
 @pytest.fixture(scope="module")
-def tiny_run(comfy, tmp_path_factory):
-    """The recipe with 2 VAE and 2 UNet steps on 6 images per class (comfy: ComfyUI importable in-process)."""
-    if not (STYLES / "photo").is_dir():
-        pytest.skip(f"style images not found at {STYLES}")
+def tiny_run(comfy, tmp_path_factory, styles_root):
+    """The recipe with 2 VAE and 2 UNet steps on 6 images per class (comfy: ComfyUI importable in-process),
+    on the made-up style images of the styles_root fixture."""
     from bench.diffusion.recipe import run
 
     out = tmp_path_factory.mktemp("diffusion")
-    return out, run(_tiny_config(), out)
+    return out, run(_tiny_config(styles_root), out)
 
 
 @pytest.mark.comfy
-def test_recipe_writes_checkpoint_judge_report_and_reuses_cache(tiny_run):
+def test_recipe_writes_checkpoint_judge_report_and_reuses_cache(tiny_run, styles_root):
     from bench.diffusion.recipe import FILES, run
 
     out, report = tiny_run
@@ -45,17 +42,17 @@ def test_recipe_writes_checkpoint_judge_report_and_reuses_cache(tiny_run):
     assert st["vae"]["steps"] == 2 and st["unet"]["steps"] == 2 and not st["unet"]["cached"]
     assert st["vae"]["s_per_step"] > 0 and st["unet"]["s_per_step"] > 0
     assert {"test_roundtrip", "test_original"} <= set(st["judge"])
-    again = run(_tiny_config(), out)
+    again = run(_tiny_config(styles_root), out)
     assert all(s["cached"] for s in again["stages"].values())
 
 
 @pytest.mark.comfy
-def test_recipe_is_deterministic_per_seed(tiny_run, tmp_path):
+def test_recipe_is_deterministic_per_seed(tiny_run, tmp_path, styles_root):
     from bench.diffusion import checkpoint
     from bench.diffusion.recipe import FILES, run
 
     out, _ = tiny_run
-    run(_tiny_config(), tmp_path)
+    run(_tiny_config(styles_root), tmp_path)
     for stage in ("vae", "latents", "unet", "judge", "checkpoint"):  # tensors (the metadata holds timings)
         a, b = checkpoint.load_tensors(tmp_path / FILES[stage]), checkpoint.load_tensors(out / FILES[stage])
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), stage
@@ -100,7 +97,7 @@ def test_latent_scaling_and_schedule_match_comfyui(comfy, tiny_run):
     assert SD15_SCALE == SD15().scale_factor
     ours = build_taesd(0)
     ours.load_state_dict(checkpoint.load_tensors(out / FILES["vae"]))
-    unet = build_unet(_tiny_config().unet, 0)
+    unet = build_unet(_tiny_config(".").unet, 0)
     unet.load_state_dict(checkpoint.load_tensors(out / FILES["unet"]))
     x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
@@ -124,9 +121,8 @@ def test_latent_scaling_and_schedule_match_comfyui(comfy, tiny_run):
         torch.testing.assert_close((x_in - denoised) / sigma.view(-1, 1, 1, 1), eps, atol=2e-3, rtol=2e-3)
 
 
-@needs_styles
-def test_split_keeps_name_pairs_together_and_is_deterministic():
-    items = list_items(STYLES)
+def test_split_keeps_name_pairs_together_and_is_deterministic(styles_root):
+    items = list_items(styles_root)
     train, test = split_items(items, 0.25, seed=0)
     assert len(train) + len(test) == len(items)
     assert not {group_of(i.path.name) for i in train} & {group_of(i.path.name) for i in test}
@@ -178,7 +174,7 @@ def test_judge_separates_synthetic_styles_and_round_trips(tmp_path):
 
 
 @pytest.mark.comfy
-def test_steer_bench_runs_both_methods_through_the_nodes(comfy, tiny_run, tmp_path):
+def test_steer_bench_runs_both_methods_through_the_nodes(comfy, tiny_run, tmp_path, styles_root):
     """The benchmark end to end on the tiny recipe's model: both methods train through LineasTrainStyle,
     strength 0 is the same unsteered images for both (SSIM 1), strength 1 changes them."""
     import json
@@ -187,7 +183,7 @@ def test_steer_bench_runs_both_methods_through_the_nodes(comfy, tiny_run, tmp_pa
     from bench.diffusion.steer_bench import BenchConfig, run
 
     out, _ = tiny_run
-    cfg = BenchConfig(ckpt=str(out / FILES["checkpoint"]), judge=str(out / FILES["judge"]), styles=str(STYLES),
+    cfg = BenchConfig(ckpt=str(out / FILES["checkpoint"]), judge=str(out / FILES["judge"]), styles=str(styles_root),
                       source_n=4, target_n=30, eval_n=4, strengths=(0.0, 1.0), sample_steps=2, train_steps=2,
                       learning_rate=0.05, batch_size=8, noise_levels=2)
     res = run(cfg, tmp_path / "bench", comfy=comfy)

@@ -1,0 +1,98 @@
+"""A steering as a LoRA-format file that ComfyUI's stock LoraLoader / LoraLoaderModelOnly apply.
+
+Fold mode already computes new norm weights and biases that bake the steering in; their differences to
+the model's own parameters are exactly what ComfyUI's LoRA loader reads as ``<key>.diff`` /
+``<key>.diff_b`` (comfy/lora.py:72-82, key map comfy/lora.py:175-186: ``diffusion_model.<module>``).
+The loader scales the differences by its strength, and a folded steering's differences are linear in the
+steering strength, so LoRA strength s equals steering strength s. Sites that cannot be folded (a norm
+without an affine, a shift without a bias) cannot be expressed this way: they are returned by name,
+never dropped silently. Metadata follows the SAI model spec (``modelspec.*``) so LoRA managers can tell
+what the file is."""
+
+from __future__ import annotations
+
+import base64
+import io as _io
+import json
+from pathlib import Path
+
+import torch
+
+from ..lineas_engine import LineasError, SteeringRecord, atomic_write_bytes, folded_parameters
+
+__all__ = ["MODELSPEC_ARCHITECTURES", "lora_state_dict", "lora_metadata", "save_lora", "thumbnail_data_uri"]
+
+# ComfyUI's model config class -> the SAI model spec architecture id (ComfyUI itself writes the same ids
+# for checkpoints, comfy_extras/nodes_model_merging.py:176-186)
+MODELSPEC_ARCHITECTURES = {
+    "SD15": "stable-diffusion-v1", "SD20": "stable-diffusion-v2-768-v", "SDXL": "stable-diffusion-xl-v1-base",
+    "SDXLRefiner": "stable-diffusion-xl-v1-refiner", "SD3": "stable-diffusion-v3-medium", "Flux": "flux-1-dev",
+    "FluxSchnell": "flux-1-schnell",
+}
+
+
+def lora_state_dict(diffusion_model: torch.nn.Module, ref: SteeringRecord, strength: float = 1.0):
+    """({"diffusion_model.<site>.diff": ..., ".diff_b": ...}, {site: reason} for sites left out)."""
+    params, report = folded_parameters(diffusion_model, ref.steering, strength)
+    sd: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        for name, new in params.items():
+            old = diffusion_model.get_parameter(name)
+            module, kind = name.rsplit(".", 1)
+            suffix = {"weight": "diff", "bias": "diff_b"}[kind]
+            sd[f"diffusion_model.{module}.{suffix}"] = (new.float() - old.float()).cpu().contiguous()
+    return sd, dict(report.skipped)
+
+
+def thumbnail_data_uri(image: torch.Tensor, size: int = 128) -> str:
+    """First image of a ComfyUI IMAGE batch [B, H, W, C] as a small JPEG data URI (modelspec.thumbnail)."""
+    from PIL import Image
+
+    arr = (image[0, ..., :3].detach().float().clamp(0, 1).cpu().numpy() * 255).round().astype("uint8")
+    im = Image.fromarray(arr)
+    im.thumbnail((size, size))
+    buf = _io.BytesIO()
+    im.save(buf, format="JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def lora_metadata(ref: SteeringRecord, title: str, strength: float, skipped: dict[str, str],
+                  thumbnail: str | None = None) -> dict[str, str]:
+    arch = MODELSPEC_ARCHITECTURES.get(ref.architecture, ref.architecture.lower())
+    meta = {
+        "modelspec.sai_model_spec": "1.0.0",
+        "modelspec.architecture": f"{arch}/lora",
+        "modelspec.implementation": "sgm",
+        "modelspec.title": title,
+        "modelspec.description": (f"LinEAS style steering '{ref.name}' folded into norm weights and biases at "
+                                  f"strength {strength:g} (diff / diff_b keys; apply with LoraLoaderModelOnly)"),
+        "lineas": json.dumps({"source": ref.name, "architecture": ref.architecture, "strength": strength,
+                              "not_expressed": skipped, "training": ref.training}, sort_keys=True, default=str),
+    }
+    if thumbnail:
+        meta["modelspec.thumbnail"] = thumbnail
+    return meta
+
+
+def save_lora(folder: Path, name: str, diffusion_model: torch.nn.Module, ref: SteeringRecord, strength: float = 1.0,
+              thumbnail: str | None = None) -> tuple[Path, dict[str, str]]:
+    """Write ``folder/<name>_NNNNN.safetensors`` atomically, never over an existing file. Returns the path
+    and the sites left out (with the reason)."""
+    from safetensors.torch import save as st_save
+
+    sd, skipped = lora_state_dict(diffusion_model, ref, strength)
+    if not sd:
+        raise LineasError(f"no site of steering '{ref.name}' can be folded into this model's weights "
+                          f"({'; '.join(f'{k}: {v}' for k, v in list(skipped.items())[:3])}), so it has no "
+                          "LoRA form; save it with LinEAS Save Steering and apply it with LinEAS Apply (hooks)")
+    folder.mkdir(parents=True, exist_ok=True)
+    existing = {p.name for p in folder.iterdir()}
+    counter = 1
+    while f"{name}_{counter:05d}.safetensors" in existing:
+        counter += 1
+    path = folder / f"{name}_{counter:05d}.safetensors"
+    if path.resolve().parent != folder.resolve():
+        raise LineasError(f"LoRA name {name!r} would leave the folder {folder}")
+    meta = lora_metadata(ref, path.stem, strength, skipped, thumbnail)
+    atomic_write_bytes(path, st_save(sd, metadata=meta))
+    return path, skipped
