@@ -25,6 +25,7 @@ from ..lineas_engine import (
     record_activations,
     site_specs,
 )
+from ._memory import auto_micro_batch, prepare_training, trainable_weights
 from ._patcher import architecture_of
 from ._steering_ref import SteeringRef
 
@@ -93,12 +94,10 @@ def _noised_samples(model, vae, images: torch.Tensor, percents: list[float], see
 def train_style(model, vae, target_images: torch.Tensor, source_images: torch.Tensor, conditioning=None, *,
                 steps: int, lr: float, optimizer: str, sparsity: float, preset: str, regex: str,
                 noise_start: float, noise_end: float, levels: int, batch_size: int, micro_batch: int, seed: int,
-                on_step=None, name: str = "style", method: str = "lineas"):
+                on_step=None, name: str = "style", method: str = "lineas", checkpointing: str = "auto"):
     """Returns (SteeringRef, TrainResult). Must run outside inference mode (the node takes care).
     ``method="layer-wise"`` fits the baseline in closed form instead (``steps``/``lr``/``optimizer``/
     ``sparsity`` unused); its result holds the OT loss before and after, on the same noise-level groups."""
-    import comfy.model_management as mm
-
     if method not in METHODS:
         raise LineasError(f"method must be one of {list(METHODS)}, got {method!r}")
     if not 0.0 <= noise_start < noise_end <= 1.0:
@@ -109,8 +108,7 @@ def train_style(model, vae, target_images: torch.Tensor, source_images: torch.Te
     percents = torch.linspace(noise_start, noise_end, levels).tolist() if levels > 1 else [noise_start]
     src = _noised_samples(model, vae, source_images, percents, seed)
     tgt = _noised_samples(model, vae, target_images, percents, seed + 1)
-    patcher = _trainable_clone(model)
-    mm.load_models_gpu([patcher])
+    patcher, checkpointed = prepare_training(model, checkpointing)
     base = patcher.model
     dm = patcher.get_model_object("diffusion_model")
     device, dtype = patcher.load_device, base.get_dtype()
@@ -122,18 +120,22 @@ def train_style(model, vae, target_images: torch.Tensor, source_images: torch.Te
         x = b["x"].to(device)
         return base.apply_model(x, b["sigma"].to(device), c_crossattn=ctx.expand(x.shape[0], -1, -1))
 
-    cfg = TrainConfig(steps=steps, lr=lr, optimizer=optimizer, gamma=sparsity, batch_size=batch_size,
-                      micro_batch_size=micro_batch or None, seed=seed, mask_key=None, schedule="cosine")
-    if method == "layer-wise":
-        steering, result = _fit_layerwise(dm, steering.specs, forward, src, tgt, cfg, device)
-    else:
-        # the loss on the whole source set before / after (as the layer-wise path reports it), not a batch's
-        result = fit(dm, steering, forward, src, tgt, config=cfg, on_step=on_step, eval_source=src)
+    with trainable_weights(dm):  # no second copy of the weights; the originals are back afterwards
+        if method == "lineas" and micro_batch == 0:
+            micro_batch = auto_micro_batch(dm, steering, forward, src, batch_size, device) or 0
+        cfg = TrainConfig(steps=steps, lr=lr, optimizer=optimizer, gamma=sparsity, batch_size=batch_size,
+                          micro_batch_size=micro_batch or None, seed=seed, mask_key=None, schedule="cosine")
+        if method == "layer-wise":
+            steering, result = _fit_layerwise(dm, steering.specs, forward, src, tgt, cfg, device)
+        else:
+            # the loss on the whole source set before / after (as the layer-wise path reports it), not a batch's
+            result = fit(dm, steering, forward, src, tgt, config=cfg, on_step=on_step, eval_source=src)
     arch = architecture_of(model)
     ref = SteeringRef(steering=steering.cpu(), architecture=arch, fingerprint=model_fingerprint(dm, arch),
                       training={**result.summary(), "method": method, "sites": len(sites), "noise_percents": percents,
                                 "target_images": int(target_images.shape[0]),
-                                "source_images": int(source_images.shape[0]), "dtype": str(dtype)},
+                                "source_images": int(source_images.shape[0]), "dtype": str(dtype),
+                                "micro_batch": micro_batch, "gradient_checkpointing": checkpointed},
                       config=cfg.to_dict(), name=name)
     logger.info("trained %s (%s) on %d sites: loss %.4g -> %.4g", name, method, len(sites), result.losses[0],
                 result.losses[-1])

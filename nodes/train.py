@@ -10,6 +10,7 @@ from comfy_api.latest import io
 
 from ._files import save_ref
 from ._images import RESIZE_MODES, conform, load_folder, resolve_folder
+from ._memory import CHECKPOINTING
 from ._plots import line_plot, line_plot_pil
 from ._training import METHODS, PRESETS, train_style
 from ._types import Steering
@@ -55,7 +56,8 @@ class LineasTrainStyle(io.ComfyNode):
                 io.Combo.Input("resize", options=list(RESIZE_MODES), default="crop"),
                 io.Int.Input("batch_size", default=16, min=2, max=4096),
                 io.Int.Input("micro_batch", default=0, min=0, max=4096,
-                             tooltip="bound memory: run the batch in chunks of this size (0 = all at once)"),
+                             tooltip="bound memory: run the batch in chunks of this size (same gradient; 0 = auto: "
+                                     "the whole batch if it fits in free memory, else the largest chunk that does)"),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF),
                 io.String.Input("name", default="style"),
                 io.Combo.Input("method", options=list(METHODS), default="lineas", optional=True,  # old prompts lack it
@@ -63,6 +65,8 @@ class LineasTrainStyle(io.ComfyNode):
                 io.Image.Input("target_images", optional=True),
                 io.Image.Input("source_images", optional=True),
                 io.Conditioning.Input("conditioning", optional=True, tooltip="fixed conditioning (default: zeros)"),
+                io.Combo.Input("gradient_checkpointing", options=list(CHECKPOINTING), default="auto", optional=True,
+                               tooltip="; ".join(f"{k}: {v}" for k, v in CHECKPOINTING.items())),
             ],
             outputs=[Steering.Output(display_name="STEERING"), io.Image.Output(display_name="loss_curve"),
                      io.String.Output(display_name="summary")],
@@ -73,7 +77,8 @@ class LineasTrainStyle(io.ComfyNode):
     @classmethod
     def execute(cls, model, vae, target_folder, source_folder, steps, learning_rate, optimizer, sparsity, sites,
                 custom_regex, noise_start, noise_end, noise_levels, resolution, resize, batch_size, micro_batch, seed,
-                name, method="lineas", target_images=None, source_images=None, conditioning=None) -> io.NodeOutput:
+                name, method="lineas", target_images=None, source_images=None, conditioning=None,
+                gradient_checkpointing="auto") -> io.NodeOutput:
         import comfy.model_management as mm
         import comfy.utils
 
@@ -99,7 +104,7 @@ class LineasTrainStyle(io.ComfyNode):
                                       optimizer=optimizer, sparsity=sparsity, preset=sites, regex=custom_regex,
                                       noise_start=noise_start, noise_end=noise_end, levels=noise_levels,
                                       batch_size=batch_size, micro_batch=micro_batch, seed=seed, on_step=on_step,
-                                      name=name, method=method)
+                                      name=name, method=method, checkpointing=gradient_checkpointing)
         path = save_ref(ref, name)
         how = f"{result.steps} steps" if method == "lineas" else "closed form, layer-wise"
         summary = (f"{ref.describe()}\nloss {result.losses[0]:.4g} -> {result.losses[-1]:.4g} in {how} "
