@@ -28,7 +28,7 @@ def train_node(target_folder: str, source: list | None = None, source_folder: st
               "source_folder": source_folder, "steps": steps, "learning_rate": 0.02, "optimizer": "adamw",
               "sparsity": 0.0, "sites": "all norms", "custom_regex": "", "noise_start": 0.2, "noise_end": 0.9,
               "noise_levels": 2, "resolution": 64, "resize": "crop", "batch_size": 8, "micro_batch": 0,
-              "seed": seed, "name": name}
+              "seed": seed, "name": name, "conditioning": ["neg", 0]}
     if source is not None:
         inputs["source_images"] = source
     inputs.update(over)

@@ -32,7 +32,7 @@ from torch.utils.checkpoint import checkpoint
 from ..lineas_engine import LineasError
 from ..lineas_engine.hooks import recomputing
 
-__all__ = ["CHECKPOINTING", "prepare_training", "auto_micro_batch", "trainable_clone", "add_checkpointing",
+__all__ = ["CHECKPOINTING", "prepare_training", "auto_micro_batch", "add_checkpointing",
            "checkpoint_units", "load_for_training", "check_loaded", "trainable_weights", "casts_weights_per_forward",
            "saved_bytes", "weight_storages", "saved_bytes_per_sample", "choose_micro_batch"]
 
@@ -45,15 +45,18 @@ FREE_FRACTION = 0.7  # of the free memory given to saved activations (the rest: 
 
 
 # -- the two calls the training node makes -------------------------------------------------------------
-def prepare_training(model, checkpointing: str = "auto"):
-    """(patcher, checkpointing on?): a trainable clone of ``model``, loaded with a training reserve.
-    ``checkpointing`` is one of :data:`CHECKPOINTING`; "auto" turns it on when ComfyUI casts the weights
-    per forward (fp8 and other manual-cast weights) or the model loads only partially."""
+def prepare_training(patcher, checkpointing: str = "auto") -> bool:
+    """Prepare ``patcher`` (a clone of the input MODEL, already given any compute dtype) for training and
+    load it with a training reserve; returns whether gradient checkpointing is on. ``checkpointing`` is one
+    of :data:`CHECKPOINTING`; "auto" turns it on when ComfyUI casts the weights per forward (fp8 and other
+    manual-cast weights, a forced compute dtype) or the model loads only partially."""
     if checkpointing not in CHECKPOINTING:
         raise LineasError(f"gradient_checkpointing must be one of {list(CHECKPOINTING)}, got {checkpointing!r}")
-    on = checkpointing == "on" or (checkpointing == "auto"
-                                   and casts_weights_per_forward(model.get_model_object("diffusion_model")))
-    patcher = trainable_clone(model, on)
+    dm = patcher.get_model_object("diffusion_model")
+    on = checkpointing == "on" or (checkpointing == "auto" and (patcher.force_cast_weights
+                                                                or casts_weights_per_forward(dm)))
+    if on:
+        add_checkpointing(patcher)
     load_for_training(patcher)
     if checkpointing == "auto" and not on and getattr(patcher.model, "model_lowvram", False):
         logger.info("the model loaded partially: training with gradient checkpointing")
@@ -61,7 +64,7 @@ def prepare_training(model, checkpointing: str = "auto"):
         load_for_training(patcher)  # ComfyUI re-applies the object patches on load
         on = True
     check_loaded(patcher, on)
-    return patcher, on
+    return on
 
 
 def auto_micro_batch(dm: nn.Module, steering, forward: Callable[[Any], Any], samples: dict, batch_size: int,
@@ -82,15 +85,7 @@ def auto_micro_batch(dm: nn.Module, steering, forward: Callable[[Any], Any], sam
     return micro
 
 
-# -- the clone -----------------------------------------------------------------------------------------
-def trainable_clone(model, checkpointing: bool = False):
-    """A clone of ``model`` to train through; with ``checkpointing`` its blocks recompute in backward."""
-    m = model.clone()
-    if checkpointing:
-        add_checkpointing(m)
-    return m
-
-
+# -- checkpointing -----------------------------------------------------------------------------------------
 def checkpoint_units(dm: nn.Module) -> list[str]:
     """Module names (relative to the diffusion model) of its blocks: the elements of its top-level module
     lists (Flux double/single blocks, DiT blocks, UNet input/output blocks) and of its top-level

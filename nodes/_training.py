@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 
 import torch
 
@@ -22,9 +23,12 @@ from ..lineas_engine import (
     fit_layerwise,
     grouped_loss,
     model_fingerprint,
+    num_samples,
     record_activations,
-    site_specs,
+    slice_samples,
 )
+from ._conditioning import check_conditioning, encode_images, run_in_sampling, training_compute_dtype
+from ._families import inputs_copied, is_qk_norm, probe_widths
 from ._memory import auto_micro_batch, prepare_training, trainable_weights
 from ._patcher import architecture_of
 from ._steering_ref import SteeringRef
@@ -34,7 +38,11 @@ logger = logging.getLogger(__name__)
 METHODS = {"lineas": "end to end, OT loss at every site seeing every upstream map",
            "layer-wise": "baseline: each site's affine OT map fitted alone on the unsteered model"}
 PRESETS = {"all norms": "norms", "ResNet norms": "resnet_norms", "transformer norms": "transformer_norms",
-           "custom regex": None}
+           "custom regex": None, "all norms + QK norms": "norms"}
+# QK norms (DiT attention's per-head-dimension query/key RMSNorms) scale attention logits, i.e. its
+# temperature, with one map shared by all heads: not a per-neuron map of the activations the loss compares
+# (the paper's K,Q ablation: weak effect). The default presets leave them out; "all norms + QK norms" keeps them.
+NO_QK = ("all norms", "transformer norms")
 
 
 def _identity(weight):
@@ -57,35 +65,36 @@ def _trainable_clone(model):
 
 
 def choose_sites(dm, preset: str, regex: str) -> list[str]:
+    """Module names for a preset (norm layers found by type; "all norms" leaves DiT QK norms out, see
+    PRESETS) filtered by ``regex``, or the regex alone for "custom regex"."""
     if preset not in PRESETS:
         raise LineasError(f"site preset must be one of {list(PRESETS)}, got {preset!r}")
     if PRESETS[preset] is None:
         if not regex.strip():
             raise LineasError("site preset 'custom regex' needs a regex, e.g. .*out_layers\\.0")
         return find_sites(dm, pattern=regex.strip())
-    return find_sites(dm, preset=PRESETS[preset], pattern=regex.strip() or None)
+    names = find_sites(dm, preset=PRESETS[preset], pattern=regex.strip() or None)
+    if preset in NO_QK:
+        kept = [n for n in names if not is_qk_norm(n)]
+        if len(kept) < len(names):
+            logger.info("preset %r: %d QK norms left out (preset 'all norms + QK norms' keeps them)", preset,
+                        len(names) - len(kept))
+        names = kept or names
+    return names
 
 
-def _context(model, conditioning, dtype) -> torch.Tensor:
-    if conditioning:
-        return conditioning[0][0][:1].detach().clone().to(dtype)
-    unet_cfg = getattr(model.model.model_config, "unet_config", {}) or {}
-    dim = unet_cfg.get("context_dim") or 768
-    return torch.zeros(1, 77, dim, dtype=dtype)
-
-
-def _noised_samples(model, vae, images: torch.Tensor, percents: list[float], seed: int, group_base: int = 0):
+def _noised_samples(model, lat: torch.Tensor, percents: list[float], seed: int, group_base: int = 0):
+    """Each (latent, noise level) is one sample; ``lat`` in VAE space [N, C, (T,) h, w]."""
     base = model.model
     ms = model.get_model_object("model_sampling")
-    with torch.no_grad():  # the VAE's parameters require grad; nothing here should be recorded
-        lat = base.process_latent_in(vae.encode(images[..., :3]).float()).clone()
+    lat = base.process_latent_in(lat).cpu().clone()
     gen = torch.Generator().manual_seed(seed)
     xs, sig, grp = [], [], []
     for k, p in enumerate(percents):
         sigma = torch.tensor([float(ms.percent_to_sigma(p))])
         noise = torch.randn(lat.shape, generator=gen)
         for i in range(lat.shape[0]):
-            xs.append(ms.noise_scaling(sigma, noise[i : i + 1], lat[i : i + 1].cpu()))
+            xs.append(ms.noise_scaling(sigma, noise[i : i + 1], lat[i : i + 1]))
             sig.append(sigma)
             grp.append(k + group_base)
     return {"x": torch.cat(xs), "sigma": torch.cat(sig), "lineas_group": torch.tensor(grp)}
@@ -96,49 +105,67 @@ def train_style(model, vae, target_images: torch.Tensor, source_images: torch.Te
                 noise_start: float, noise_end: float, levels: int, batch_size: int, micro_batch: int, seed: int,
                 on_step=None, name: str = "style", method: str = "lineas", checkpointing: str = "auto"):
     """Returns (SteeringRef, TrainResult). Must run outside inference mode (the node takes care).
-    ``method="layer-wise"`` fits the baseline in closed form instead (``steps``/``lr``/``optimizer``/
-    ``sparsity`` unused); its result holds the OT loss before and after, on the same noise-level groups."""
+
+    Every forward goes through ComfyUI's sampling path under ``conditioning`` (nodes/_conditioning.py), so
+    each family gets the inputs sampling gives it. ``method="layer-wise"`` fits the baseline in closed
+    form instead (``steps``/``lr``/``optimizer``/``sparsity`` unused); its result holds the OT loss before
+    and after, on the same noise-level groups."""
     if method not in METHODS:
         raise LineasError(f"method must be one of {list(METHODS)}, got {method!r}")
-    if not 0.0 <= noise_start < noise_end <= 1.0:
+    if not 0.0 <= noise_start < noise_end <= 1.0 and not (levels == 1 and 0.0 <= noise_start <= 1.0):
         raise LineasError(f"need 0 <= noise_start < noise_end <= 1, got {noise_start}, {noise_end}")
     if target_images.shape[0] < 2 or source_images.shape[0] < 2:
         raise LineasError(f"need at least 2 target and 2 source images, got {target_images.shape[0]} and "
                           f"{source_images.shape[0]}")
-    percents = torch.linspace(noise_start, noise_end, levels).tolist() if levels > 1 else [noise_start]
-    src = _noised_samples(model, vae, source_images, percents, seed)
-    tgt = _noised_samples(model, vae, target_images, percents, seed + 1)
-    patcher, checkpointed = prepare_training(model, checkpointing)
-    base = patcher.model
-    dm = patcher.get_model_object("diffusion_model")
-    device, dtype = patcher.load_device, base.get_dtype()
-    ctx = _context(model, conditioning, torch.float32).to(device)
-    sites = choose_sites(dm, preset, regex)
-    steering = Steering(site_specs(dm, sites)).to(device)
-
-    def forward(b):
-        x = b["x"].to(device)
-        return base.apply_model(x, b["sigma"].to(device), c_crossattn=ctx.expand(x.shape[0], -1, -1))
-
-    with trainable_weights(dm):  # no second copy of the weights; the originals are back afterwards
-        if method == "lineas" and micro_batch == 0:
-            micro_batch = auto_micro_batch(dm, steering, forward, src, batch_size, device) or 0
-        cfg = TrainConfig(steps=steps, lr=lr, optimizer=optimizer, gamma=sparsity, batch_size=batch_size,
-                          micro_batch_size=micro_batch or None, seed=seed, mask_key=None, schedule="cosine")
-        if method == "layer-wise":
-            steering, result = _fit_layerwise(dm, steering.specs, forward, src, tgt, cfg, device)
-        else:
-            # the loss on the whole source set before / after (as the layer-wise path reports it), not a batch's
-            result = fit(dm, steering, forward, src, tgt, config=cfg, on_step=on_step, eval_source=src)
     arch = architecture_of(model)
+    check_conditioning(conditioning, arch)
+    percents = torch.linspace(noise_start, noise_end, levels).tolist() if levels > 1 else [noise_start]
+    src = _noised_samples(model, encode_images(vae, source_images, model), percents, seed)
+    tgt = _noised_samples(model, encode_images(vae, target_images, model), percents, seed + 1)
+    patcher = model.clone()
+    train_dtype = training_compute_dtype(patcher)
+    if train_dtype is not None:
+        patcher.set_model_compute_dtype(train_dtype)
+    checkpointed = prepare_training(patcher, checkpointing)  # memory: checkpointing, load with a reserve
+    cfg = TrainConfig(steps=steps, lr=lr, optimizer=optimizer, gamma=sparsity, batch_size=batch_size,
+                      micro_batch_size=micro_batch or None, seed=seed, mask_key=None, schedule="cosine")
+    chunk = min(num_samples(src), cfg.micro_batch_size or cfg.batch_size)
+
+    def train(model_call, base):
+        dm = base.diffusion_model
+        device = patcher.load_device
+
+        def forward(b):
+            return model_call(b["x"].to(device), b["sigma"].to(device))
+
+        with trainable_weights(dm):  # no second copy of the weights; the originals are back afterwards
+            sites = choose_sites(dm, preset, regex)
+            specs = probe_widths(dm, sites, lambda: forward(slice_samples(src, slice(0, 1))))
+            steering = Steering(specs).to(device)
+            with inputs_copied(dm, list(specs)):
+                run_cfg = cfg
+                if method == "lineas" and not micro_batch:  # 0 = auto: from free memory and one measured sample
+                    run_cfg = replace(cfg, micro_batch_size=auto_micro_batch(dm, steering, forward, src,
+                                                                             cfg.batch_size, device))
+                memory["micro_batch"] = run_cfg.micro_batch_size
+                if method == "layer-wise":
+                    steering, result = _fit_layerwise(dm, steering.specs, forward, src, tgt, cfg, device)
+                else:  # the loss on the whole source set before / after (as layer-wise reports it), not a batch's
+                    result = fit(dm, steering, forward, src, tgt, config=run_cfg, on_step=on_step,
+                                 eval_source=src)
+        return steering, result, dm, base.get_dtype(), base.manual_cast_dtype
+
+    memory = {"gradient_checkpointing": checkpointed}
+    latent_shape = (chunk,) + tuple(src["x"].shape[1:])
+    steering, result, dm, dtype, cast = run_in_sampling(patcher, conditioning, latent_shape, train, seed=seed)
     ref = SteeringRef(steering=steering.cpu(), architecture=arch, fingerprint=model_fingerprint(dm, arch),
-                      training={**result.summary(), "method": method, "sites": len(sites), "noise_percents": percents,
-                                "target_images": int(target_images.shape[0]),
+                      training={**result.summary(), "method": method, "sites": len(steering.sites),
+                                "noise_percents": percents, "target_images": int(target_images.shape[0]),
                                 "source_images": int(source_images.shape[0]), "dtype": str(dtype),
-                                "micro_batch": micro_batch, "gradient_checkpointing": checkpointed},
+                                "compute_dtype": str(train_dtype or cast or dtype), **memory},
                       config=cfg.to_dict(), name=name)
-    logger.info("trained %s (%s) on %d sites: loss %.4g -> %.4g", name, method, len(sites), result.losses[0],
-                result.losses[-1])
+    logger.info("trained %s (%s) on %d sites: loss %.4g -> %.4g", name, method, len(steering.sites),
+                result.losses[0], result.losses[-1])
     return ref, result
 
 

@@ -72,10 +72,12 @@ def _grads(patcher, steering):
 def test_checkpointing_same_gradient_one_recording_less_memory(tiny):
     mem = _pack().nodes._memory
     with torch.inference_mode(False):
-        plain, on_plain = mem.prepare_training(tiny, "off")
+        plain = tiny.clone()
+        on_plain = mem.prepare_training(plain, "off")
         steering = _steering(plain.get_model_object("diffusion_model"))
         g_plain, bytes_plain, left_plain, order_plain = _grads(plain, steering)
-        ckpt, on_ckpt = mem.prepare_training(tiny, "on")
+        ckpt = tiny.clone()
+        on_ckpt = mem.prepare_training(ckpt, "on")
         g_ckpt, bytes_ckpt, left_ckpt, order_ckpt = _grads(ckpt, steering)
     assert (on_plain, on_ckpt) == (False, True)
     assert len(mem.checkpoint_units(ckpt.get_model_object("diffusion_model"))) >= 8
@@ -97,7 +99,8 @@ def test_no_second_copy_of_the_weights(tiny):
     (the former trainable clone) a cast copy of every weight; with aliased weights, activations only."""
     mem = _pack().nodes._memory
     with torch.inference_mode(False):
-        patcher, _ = mem.prepare_training(tiny, "off")
+        patcher = tiny.clone()
+        mem.prepare_training(patcher, "off")
         dm = patcher.get_model_object("diffusion_model")
         originals = {n: p for n, p in dm.named_parameters()}
         weight_bytes = sum(p.numel() * p.element_size() for p in originals.values())
@@ -134,7 +137,8 @@ def test_micro_batch_from_free_memory():
 def test_auto_micro_batch_measures_one_sample(tiny):
     mem = _pack().nodes._memory
     with torch.inference_mode(False):
-        patcher, _ = mem.prepare_training(tiny, "auto")
+        patcher = tiny.clone()
+        mem.prepare_training(patcher, "auto")
         dm = patcher.get_model_object("diffusion_model")
         steering = _steering(dm)
         fwd = _forward(patcher, n=1)
@@ -150,7 +154,8 @@ def test_auto_micro_batch_measures_one_sample(tiny):
 def test_partially_loaded_model_trains_only_with_checkpointing(tiny):
     mem = _pack().nodes._memory
     with torch.inference_mode(False):
-        patcher, _ = mem.prepare_training(tiny, "off")
+        patcher = tiny.clone()
+        mem.prepare_training(patcher, "off")
     flag = patcher.model.model_lowvram
     patcher.model.model_lowvram = True  # what ComfyUI sets when it could not load every weight (CPU never does)
     try:
@@ -160,4 +165,4 @@ def test_partially_loaded_model_trains_only_with_checkpointing(tiny):
     finally:
         patcher.model.model_lowvram = flag
     with pytest.raises(Exception, match="gradient_checkpointing must be one of"):
-        mem.prepare_training(tiny, "sometimes")
+        mem.prepare_training(tiny.clone(), "sometimes")
