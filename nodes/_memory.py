@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from contextvars import ContextVar
 from typing import Any, Callable
 
 import torch
@@ -32,7 +33,7 @@ from torch.utils.checkpoint import checkpoint
 from ..lineas_engine import LineasError
 from ..lineas_engine.hooks import recomputing
 
-__all__ = ["CHECKPOINTING", "prepare_training", "auto_micro_batch", "add_checkpointing",
+__all__ = ["CHECKPOINTING", "prepare_training", "auto_micro_batch", "training_bytes_per_sample", "add_checkpointing",
            "checkpoint_units", "load_for_training", "check_loaded", "trainable_weights", "casts_weights_per_forward",
            "saved_bytes", "weight_storages", "saved_bytes_per_sample", "choose_micro_batch"]
 
@@ -67,20 +68,33 @@ def prepare_training(patcher, checkpointing: str = "auto") -> bool:
     return on
 
 
-def auto_micro_batch(dm: nn.Module, steering, forward: Callable[[Any], Any], samples: dict, batch_size: int,
-                     device) -> int | None:
-    """The micro-batch for ``batch_size`` from the free memory of ``device`` and the measured bytes one
-    sample saves for backward (one forward of one sample, steering attached); None = the whole batch."""
-    import comfy.model_management as mm
-
+def training_bytes_per_sample(dm: nn.Module, steering, forward: Callable[[Any], Any], samples: dict) -> int:
+    """Bytes one training sample keeps for backward, measured with one forward of one sample (steering
+    attached): everything autograd saves, or with checkpointing the blocks' inputs plus the largest block's
+    recompute (each checkpointed block runs once with its graph, which is then dropped)."""
     from ..lineas_engine import attach
     from ..lineas_engine.train import slice_samples
 
-    with attach(dm, steering):
-        per = saved_bytes_per_sample(forward, slice_samples(samples, slice(0, 1)), dm)
+    stats = {"inputs": {}, "B": 0, "A_blk": 0, "resident": weight_storages(dm)}
+    token = _measuring.set(stats)
+    try:
+        with attach(dm, steering):
+            per = saved_bytes_per_sample(forward, slice_samples(samples, slice(0, 1)), dm)
+    finally:
+        _measuring.reset(token)
+    return per + stats["B"] + stats["A_blk"]
+
+
+def auto_micro_batch(dm: nn.Module, steering, forward: Callable[[Any], Any], samples: dict, batch_size: int,
+                     device) -> int | None:
+    """The micro-batch for ``batch_size`` from the free memory of ``device`` and
+    :func:`training_bytes_per_sample`; None = the whole batch in one pass."""
+    import comfy.model_management as mm
+
+    per = training_bytes_per_sample(dm, steering, forward, samples)
     free = mm.get_free_memory(device)
     micro = choose_micro_batch(per, free, batch_size)
-    logger.info("one sample saves %.1f MiB for backward, %.1f GiB free on %s: micro-batch %s", per / 2**20,
+    logger.info("one sample keeps %.1f MiB for backward, %.1f GiB free on %s: micro-batch %s", per / 2**20,
                 free / 2**30, device, micro or f"off (batch {batch_size} fits)")
     return micro
 
@@ -124,11 +138,20 @@ def add_checkpointing(patcher) -> list[str]:
     return units
 
 
+_measuring: ContextVar[dict | None] = ContextVar("lineas_checkpoint_measuring", default=None)
+
+
 def _checkpointed(block: nn.Module, forward: Callable) -> Callable:
     def run(*args: Any, **kwargs: Any) -> Any:
         if not torch.is_grad_enabled():
             return forward(*args, **kwargs)
+        stats = _measuring.get()
+        if stats is not None:  # one block at a time with its graph, then dropped (see auto_micro_batch)
+            return _measure_block(stats, forward, args, kwargs)
         live = _hooks_inside(block)  # the engine's hooks now; removed again before backward recomputes
+        # DiT blocks update their input in place (Flux ``x += ...``): the recompute needs the input as it was
+        args = tuple(_fresh(a) for a in args)
+        kwargs = {k: _fresh(v) for k, v in kwargs.items()}
 
         def contexts():
             return contextlib.nullcontext(), _replay(live)
@@ -138,18 +161,44 @@ def _checkpointed(block: nn.Module, forward: Callable) -> Callable:
     return run
 
 
-def _hooks_inside(block: nn.Module) -> list[tuple[nn.Module, list]]:
-    return [(m, list(m._forward_hooks.values())) for m in block.modules() if m is not block and m._forward_hooks]
+def _fresh(a):
+    return a.clone() if torch.is_tensor(a) and a.is_floating_point() else a
+
+
+def _measure_block(stats: dict, forward: Callable, args, kwargs):
+    """What checkpointing keeps of this block (its tensor inputs, counted once over all blocks) and what
+    its recompute saves (the largest block counts); the output leaves the block's graph behind."""
+    for a in list(args) + list(kwargs.values()):
+        if torch.is_tensor(a) and a.is_floating_point() and id(a) not in stats["inputs"]:
+            stats["inputs"][id(a)] = a
+            stats["B"] += a.numel() * a.element_size()
+    with saved_bytes(stats["resident"]) as n:
+        out = forward(*args, **kwargs)
+    stats["A_blk"] = max(stats["A_blk"], n["bytes"])
+
+    def cut(t):
+        return t.detach().requires_grad_(t.requires_grad) if torch.is_tensor(t) else t
+
+    return tuple(cut(t) for t in out) if isinstance(out, tuple) else cut(out)
+
+
+def _hooks_inside(block: nn.Module) -> list[tuple[nn.Module, list, list]]:
+    """(module, forward pre-hooks, forward hooks) of the block's modules that have any, at this moment."""
+    return [(m, list(m._forward_pre_hooks.values()), list(m._forward_hooks.values())) for m in block.modules()
+            if m is not block and (m._forward_hooks or m._forward_pre_hooks)]
 
 
 @contextlib.contextmanager
 def _replay(live):
-    """During the recompute pass: the forward hooks that were live in the first pass, once each."""
+    """During the recompute pass: the hooks that were live in the first pass (the steering, the recorder,
+    the input copies of DiT sites), each once."""
     handles = []
     try:
-        for module, fns in live:
-            present = set(map(id, module._forward_hooks.values()))
-            handles += [module.register_forward_hook(fn) for fn in fns if id(fn) not in present]
+        for module, pre, post in live:
+            have_pre = set(map(id, module._forward_pre_hooks.values()))
+            have_post = set(map(id, module._forward_hooks.values()))
+            handles += [module.register_forward_pre_hook(fn) for fn in pre if id(fn) not in have_pre]
+            handles += [module.register_forward_hook(fn) for fn in post if id(fn) not in have_post]
         with recomputing():
             yield
     finally:

@@ -95,13 +95,13 @@ def test_family_trains_applies_samples(comfy, fam_dir, family, dtype):
     shape = (1, fam.latent_channels, 1, RES // 8, RES // 8) if fam.video else (1, fam.latent_channels, RES // 8, RES // 8)
     latent = torch.zeros(shape)
     plain = _ksample(comfy, model, cond, latent)
-    (m0,) = _node(comfy, "LineasApply", model=model, steering=loaded, strength=0.0, start_percent=0.0,
-                  end_percent=1.0, invert=False, mode="hooks")
+    m0 = _node(comfy, "LineasApply", model=model, steering=loaded, strength=0.0, start_percent=0.0,
+             end_percent=1.0, invert=False, mode="hooks")[0]
     assert torch.equal(_ksample(comfy, m0, cond, latent), plain)
     outs = {}
     for mode in ("hooks", "fold"):
-        (m1,) = _node(comfy, "LineasApply", model=model, steering=loaded, strength=1.0, start_percent=0.0,
-                      end_percent=1.0, invert=False, mode=mode)
+        m1 = _node(comfy, "LineasApply", model=model, steering=loaded, strength=1.0, start_percent=0.0,
+                   end_percent=1.0, invert=False, mode=mode)[0]
         outs[mode] = _ksample(comfy, m1, cond, latent)
         assert torch.isfinite(outs[mode]).all()
     assert torch.equal(_ksample(comfy, model, cond, latent), plain)  # the input MODEL is untouched

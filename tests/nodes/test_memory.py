@@ -166,3 +166,25 @@ def test_partially_loaded_model_trains_only_with_checkpointing(tiny):
         patcher.model.model_lowvram = flag
     with pytest.raises(Exception, match="gradient_checkpointing must be one of"):
         mem.prepare_training(tiny.clone(), "sometimes")
+
+
+def test_measured_bytes_per_sample_with_checkpointing(tiny):
+    """The node's measurement: with checkpointing, block inputs + the largest block's recompute, well
+    below what one sample keeps without it, and not below one block's share."""
+    mem = _pack().nodes._memory
+    per = {}
+    with torch.inference_mode(False):
+        for mode in ("off", "on"):
+            patcher = tiny.clone()
+            mem.prepare_training(patcher, mode)
+            dm = patcher.get_model_object("diffusion_model")
+            steering = _steering(dm)
+            fwd = _forward(patcher, n=1)
+            with mem.trainable_weights(dm):
+                per[mode] = mem.training_bytes_per_sample(dm, steering, lambda b, f=fwd: f(), {"x": torch.zeros(2, 1)})
+                if mode == "off":
+                    with _engine().attach(dm, steering):
+                        direct = mem.saved_bytes_per_sample(fwd, None, dm)
+    assert per["off"] == direct
+    units = len(mem.checkpoint_units(dm))
+    assert per["off"] / units < per["on"] < 0.6 * per["off"], (per, units)
