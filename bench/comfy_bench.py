@@ -122,7 +122,10 @@ def time_family(name: str, folder: Path, args, device) -> dict:
         return steering.cpu()
 
     with torch.inference_mode(False), torch.enable_grad():
-        steering = p.nodes._conditioning.run_in_sampling(model.clone(), cond, (1,) + shape, body, seed=0)
+        clone = model.clone()
+        if args.checkpointing:  # the training step with per-block checkpointing (bare fwd+bwd without)
+            mem.add_checkpointing(clone)
+        steering = p.nodes._conditioning.run_in_sampling(clone, cond, (1,) + shape, body, seed=0)
     ref = p.nodes._steering_ref.SteeringRef(steering=steering, architecture=p.nodes._patcher.architecture_of(model))
     hooked, _ = p.nodes._patcher.apply_steering_report(model, ref, 1.0, mode="hooks")
     folded, report = p.nodes._patcher.apply_steering_report(model, ref, 1.0, mode="fold")
@@ -214,6 +217,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--sample-steps", type=int, default=4)
     ap.add_argument("--gpu-gib", type=float, default=22.0, help="memory the estimate may use (a 24 GB card)")
+    ap.add_argument("--checkpointing", action="store_true", help="train with per-block gradient checkpointing")
     ap.add_argument("--no-timing", action="store_true")
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--json", type=Path, help="also write the figures here")

@@ -149,14 +149,16 @@ def _checkpointed(block: nn.Module, forward: Callable) -> Callable:
         if stats is not None:  # one block at a time with its graph, then dropped (see auto_micro_batch)
             return _measure_block(stats, forward, args, kwargs)
         live = _hooks_inside(block)  # the engine's hooks now; removed again before backward recomputes
-        # DiT blocks update their input in place (Flux ``x += ...``): the recompute needs the input as it was
-        args = tuple(_fresh(a) for a in args)
-        kwargs = {k: _fresh(v) for k, v in kwargs.items()}
 
         def contexts():
             return contextlib.nullcontext(), _replay(live)
 
-        return checkpoint(forward, *args, use_reentrant=False, context_fn=contexts, **kwargs)
+        return checkpoint(_on_copies, *args, use_reentrant=False, context_fn=contexts, **kwargs)
+
+    def _on_copies(*args: Any, **kwargs: Any) -> Any:
+        # DiT blocks update their input in place (Flux ``x += ...``); checkpointing keeps the input for the
+        # recompute, so the block gets a copy (in both passes) and the kept input stays as it was
+        return forward(*(_fresh(a) for a in args), **{k: _fresh(v) for k, v in kwargs.items()})
 
     return run
 
