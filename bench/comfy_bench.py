@@ -67,7 +67,8 @@ def time_family(name: str, folder: Path, args, device) -> dict:
     model = loaded.model
     cond = make_conditioning(fam)
     hw = args.res // 8
-    shape = (fam.latent_channels, 1, hw, hw) if fam.video else (fam.latent_channels, hw, hw)
+    video_latents = fam.video or getattr(model.get_model_object("latent_format"), "latent_dimensions", 2) == 3
+    shape = (fam.latent_channels, 1, hw, hw) if video_latents else (fam.latent_channels, hw, hw)
     g = torch.Generator().manual_seed(0)
     ms = model.get_model_object("model_sampling")
     sigma = float(ms.percent_to_sigma(0.5))
