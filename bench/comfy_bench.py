@@ -90,9 +90,7 @@ def time_family(name: str, folder: Path, args, device) -> dict:
             row.update(sites=len(specs), steering_params=steering.num_parameters(),
                        model_params=sum(q.numel() for q in dm.parameters()))
             with p.nodes._families.inputs_copied(dm, list(specs)):
-                with eng.attach(dm, steering):
-                    row["saved_bytes_per_sample"] = mem.saved_bytes_per_sample(
-                        forward, eng.slice_samples(src, slice(0, 1)), dm)
+                row["saved_bytes_per_sample"] = mem.training_bytes_per_sample(dm, steering, forward, src)
                 cfg = eng.TrainConfig(steps=1, batch_size=args.batch, mask_key=None, optimizer="adamw", lr=1e-2)
                 warm = eng.fit(dm, steering, forward, src, tgt, config=cfg)
 
