@@ -81,7 +81,7 @@ def test_checkpointing_same_gradient_one_recording_less_memory(tiny):
         g_ckpt, bytes_ckpt, left_ckpt, order_ckpt = _grads(ckpt, steering)
     assert (on_plain, on_ckpt) == (False, True)
     assert len(mem.checkpoint_units(ckpt.get_model_object("diffusion_model"))) >= 8
-    torch.testing.assert_close(g_ckpt, g_plain, rtol=1e-5, atol=1e-8)
+    torch.testing.assert_close(g_ckpt, g_plain, rtol=1e-5, atol=1e-6 * float(g_plain.abs().max()))
     assert g_plain.abs().sum() > 0
     assert left_plain == left_ckpt == 0 and order_ckpt == order_plain  # the recompute recorded nothing
     assert bytes_ckpt < 0.5 * bytes_plain, (bytes_ckpt, bytes_plain)
