@@ -105,8 +105,7 @@ def training_compute_dtype(patcher) -> torch.dtype | None:
     manual-cast dtype, to which the same rule applies."""
     import comfy.model_management as mm
 
-    base = patcher.model
-    compute = base.manual_cast_dtype or base.get_dtype()
+    compute = patcher.get_model_object("manual_cast_dtype") or patcher.model.get_dtype()  # with ModelComputeDtype
     if compute in (torch.bfloat16, torch.float32, torch.float64):
         return None
     device = patcher.load_device

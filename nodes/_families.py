@@ -66,8 +66,19 @@ def probe_widths(root: torch.nn.Module, names: list[str], run: Callable[[], obje
                     len(names), silent[:5])
     if not shapes:
         raise NoMatchingSiteError(f"none of the {len(names)} sites ran in a forward of {type(root).__name__}")
-    return {n: SiteSpec(int(s[1]), 1) if len(s) >= 4 else SiteSpec(int(s[-1]), -1)
-            for n in names if (s := shapes.get(n)) is not None}
+    return {n: _spec(modules[n], s) for n in names if (s := shapes.get(n)) is not None}
+
+
+def _spec(module: torch.nn.Module, shape: torch.Size) -> SiteSpec:
+    """Token outputs [B, T, C]: the last axis. Outputs with 4+ dims: the axis the module's own 1-D
+    parameter (weight / scale) spans, i.e. the last for QK norms on [B, heads, T, head_dim], axis 1 for
+    GroupNorm on [B, C, H, W]; without a parameter, axis 1 (feature maps)."""
+    if len(shape) < 4:
+        return SiteSpec(int(shape[-1]), -1)
+    sizes = {int(p.shape[0]) for p in module.parameters(recurse=False) if p.dim() == 1}
+    if int(shape[-1]) in sizes and int(shape[1]) not in sizes:
+        return SiteSpec(int(shape[-1]), -1)
+    return SiteSpec(int(shape[1]), 1)
 
 
 @contextlib.contextmanager

@@ -124,9 +124,9 @@ def _workflows() -> dict[str, tuple[dict, dict]]:
         "train": {"class_type": "LineasTrainStyle", "inputs": {
             "model": ["ckpt", 0], "vae": ["ckpt", 2], "target_folder": "lineas_targets/illustration",
             "source_folder": "", "steps": 200, "learning_rate": 0.01, "optimizer": "adamw", "sparsity": 0.0,
-            "sites": "all norms", "custom_regex": "", "noise_start": 0.2, "noise_end": 0.9, "noise_levels": 4,
-            "resolution": 512, "resize": "crop", "batch_size": 16, "micro_batch": 4, "seed": 0,
-            "name": "my_style", "source_images": ["src_dec", 0]}},
+            "sites": "all norms", "custom_regex": "", "noise_start": 0.0, "noise_end": 1.0, "noise_levels": 8,
+            "resolution": 0, "resize": "crop", "batch_size": 16, "micro_batch": 4, "seed": 0,
+            "name": "my_style", "source_images": ["src_dec", 0], "conditioning": ["neg", 0]}},
         "loss": {"class_type": "PreviewImage", "inputs": {"images": ["train", 1]}},
         "latent": {"class_type": "EmptyLatentImage", "inputs": {"width": 512, "height": 512, "batch_size": 2}},
         "base_ks": ks(["ckpt", 0], ["latent", 0]),
