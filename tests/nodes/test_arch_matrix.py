@@ -123,8 +123,8 @@ def _check_family(comfy, fam_dir, family, dtype, real_width=False):
     assert torch.equal(_ksample(comfy, model, cond, latent), plain)  # the input MODEL is untouched
     if fam.video:  # learnt from one-frame videos, it steers a multi-frame generation
         clip = torch.zeros(1, fam.latent_channels, 2, RES // 8, RES // 8)
-        (mh,) = _node(comfy, "LineasApply", model=model, steering=loaded, strength=1.0, start_percent=0.0,
-                      end_percent=1.0, invert=False, mode="hooks")
+        mh = _node(comfy, "LineasApply", model=model, steering=loaded, strength=1.0, start_percent=0.0,
+                   end_percent=1.0, invert=False, mode="hooks")[0]
         steered = _ksample(comfy, mh, cond, clip)
         assert torch.isfinite(steered).all() and not torch.equal(steered, _ksample(comfy, model, cond, clip))
     change = (outs["hooks"] - plain).norm() / plain.norm()
