@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import threading
 from typing import Any, Callable, Iterator, Mapping
 
 import torch
@@ -17,9 +18,27 @@ from .pooling import pool
 from .sites import SiteSpec
 from .steering import Steering
 
-__all__ = ["StopForward", "Recorder", "SteeringHandle", "attach", "steered", "run_until_sites"]
+__all__ = ["StopForward", "Recorder", "SteeringHandle", "attach", "steered", "run_until_sites", "recomputing",
+           "is_recomputing"]
 
 logger = logging.getLogger(__name__)
+_state = threading.local()
+
+
+@contextlib.contextmanager
+def recomputing() -> Iterator[None]:
+    """Marks a gradient-checkpointing recompute pass (in the thread that runs it): the steering still acts,
+    but recorders do not record a second time and the last site does not stop the forward."""
+    prev = getattr(_state, "recomputing", False)
+    _state.recomputing = True
+    try:
+        yield
+    finally:
+        _state.recomputing = prev
+
+
+def is_recomputing() -> bool:
+    return getattr(_state, "recomputing", False)
 
 
 class StopForward(Exception):
@@ -41,9 +60,11 @@ class Recorder:
         return list(self.specs)
 
     def record(self, site: str, h: torch.Tensor) -> None:
+        v = pool(h, self.specs[site].channel_axis, self.mask)
+        if is_recomputing():  # pooled again (same ops as the first pass, as checkpointing expects), not kept
+            return
         if site not in self.order:
             self.order.append(site)
-        v = pool(h, self.specs[site].channel_axis, self.mask)
         self.pooled[site].append(v.detach() if self.detach else v)
 
     def take(self) -> dict[str, torch.Tensor]:
@@ -140,7 +161,7 @@ def _make_hook(site: str, steering: Steering | None, strength: float, recorder: 
             output = steering.apply_to(site, output, strength)
         if recorder is not None:
             recorder.record(site, output)
-        if stop:
+        if stop and not is_recomputing():
             raise StopForward(site)
         return output if steering is not None else None
 

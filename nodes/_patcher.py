@@ -2,11 +2,14 @@
 
 Hooks path: an APPLY_MODEL wrapper on the clone attaches the engine's hooks to the diffusion model only
 for the duration of each model call (removed in ``finally``, also on interrupt), within the
-start/end range of the schedule. Fold path: "diff" weight patches for sites whose norm has an affine
-(zero run-time cost); remaining sites fall back to hooks."""
+start/end range of the schedule; the steering is cast to the model's device and dtype once per load
+(device, dtype), not per site per call. Fold path: weight patches computed by ComfyUI at patch time from
+the base weights (see ``_fold``) for sites whose module has an affine (zero run-time cost); the remaining
+sites are applied with hooks and listed in the report."""
 
 from __future__ import annotations
 
+import copy
 import math
 import uuid
 
@@ -19,10 +22,9 @@ from ..lineas_engine import (
     SteeringRecord,
     attach,
     check_compatible,
-    folded_parameters,
 )
 
-__all__ = ["architecture_of", "diffusion_model_of", "check_fits", "apply_steering"]
+__all__ = ["architecture_of", "diffusion_model_of", "check_fits", "apply_steering", "apply_steering_report"]
 
 
 def diffusion_model_of(model) -> torch.nn.Module:
@@ -47,7 +49,16 @@ def check_fits(model, ref: SteeringRecord) -> None:
         ) from None
 
 
+def compute_dtype_of(base_model) -> torch.dtype:
+    """The dtype activations have inside ComfyUI's diffusion model (the manual-cast dtype for fp8 weights)."""
+    return getattr(base_model, "manual_cast_dtype", None) or base_model.get_dtype()
+
+
 def _hook_wrapper(steering: Steering, strength: float, sigma_start: float, sigma_end: float):
+    # T_lambda as its own steering, cast once per (device, dtype): a model call then moves nothing
+    mapped = steering.at_strength(strength) if strength not in (0, 1) else steering
+    cast: dict[tuple, Steering] = {}
+
     def wrapper(executor, *args, **kwargs):
         base_model = executor.class_obj
         sigma = args[1] if len(args) > 1 else kwargs.get("t")
@@ -57,7 +68,12 @@ def _hook_wrapper(steering: Steering, strength: float, sigma_start: float, sigma
             active = sigma_end <= s <= sigma_start
         if not active or strength == 0:
             return executor(*args, **kwargs)
-        handle = attach(base_model.diffusion_model, steering, strength)
+        x = args[0] if args else kwargs.get("x")
+        key = (x.device, compute_dtype_of(base_model))
+        if key not in cast:
+            cast.clear()  # one live copy: the model moved or changed dtype
+            cast[key] = copy.deepcopy(mapped).requires_grad_(False).to(device=key[0], dtype=key[1])
+        handle = attach(base_model.diffusion_model, cast[key], 1.0)
         try:
             return executor(*args, **kwargs)
         finally:
@@ -69,36 +85,39 @@ def _hook_wrapper(steering: Steering, strength: float, sigma_start: float, sigma
 def apply_steering(model, ref: SteeringRecord, strength: float, start_percent: float = 0.0,
                    end_percent: float = 1.0, invert: bool = False, mode: str = "hooks"):
     """A clone of ``model`` with the steering applied; ``model`` itself is never modified."""
+    return apply_steering_report(model, ref, strength, start_percent, end_percent, invert, mode)[0]
+
+
+def apply_steering_report(model, ref: SteeringRecord, strength: float, start_percent: float = 0.0,
+                          end_percent: float = 1.0, invert: bool = False, mode: str = "hooks"):
+    """(patched clone, report text). In mode "fold" the report names the sites that could not be folded
+    (kept as hooks, e.g. DiT LayerNorms without an affine) and why."""
     if not math.isfinite(strength):
         raise LineasError(f"strength must be a finite number, got {strength!r}")
     if not 0.0 <= start_percent <= end_percent <= 1.0:
         raise LineasError(f"need 0 <= start_percent <= end_percent <= 1, got {start_percent}, {end_percent}")
+    if mode not in ("hooks", "fold"):
+        raise LineasError(f"mode must be 'hooks' or 'fold', got {mode!r}")
     check_fits(model, ref)
     steering = ref.steering.inverse() if invert else ref.steering
     m = model.clone()
     if strength == 0:
-        return m
+        return m, "strength 0: model unchanged"
     key = f"lineas_{uuid.uuid4().hex[:12]}"
     if mode == "fold":
+        from ._fold import plan_fold
+
         if (start_percent, end_percent) != (0.0, 1.0):
             raise LineasError("mode 'fold' bakes the steering into the weights for the whole schedule; "
                               "use mode 'hooks' for a start/end range")
-        params, report = folded_parameters(diffusion_model_of(model), steering, strength)
-        dm = diffusion_model_of(model)
-        patches = {}
-        with torch.no_grad():
-            for name, new in params.items():
-                old = dm.get_parameter(name)
-                patches[f"diffusion_model.{name}"] = ("diff", ((new.float() - old.float()).to(old.dtype),))
-        m.add_patches(patches, 1.0)
-        if report.skipped:  # sites without an affine: hooks for those only
-            rest = steering.subset(report.skipped)
+        plan = plan_fold(diffusion_model_of(model), steering)
+        m.add_patches(plan.patches, strength)
+        if plan.skipped:  # sites without an affine: hooks for those only, and said so in the report
+            rest = steering.subset(plan.skipped)
             m.add_wrapper_with_key("apply_model", key, _hook_wrapper(rest, strength, float("inf"), 0.0))
-        return m
-    if mode != "hooks":
-        raise LineasError(f"mode must be 'hooks' or 'fold', got {mode!r}")
+        return m, plan.describe()
     ms = model.get_model_object("model_sampling")
     sigma_start = float("inf") if start_percent <= 0 else float(ms.percent_to_sigma(start_percent))
     sigma_end = 0.0 if end_percent >= 1 else float(ms.percent_to_sigma(end_percent))
     m.add_wrapper_with_key("apply_model", key, _hook_wrapper(steering, strength, sigma_start, sigma_end))
-    return m
+    return m, f"hooks: {len(steering.sites)} sites, strength {strength}"

@@ -7,11 +7,13 @@ compares source and target only within the same noise level (the engine's groups
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import torch
 
 from ..lineas_engine import (
     LineasError,
+    Steering,
     SteeringRecord,
     TrainConfig,
     find_sites,
@@ -23,6 +25,7 @@ from ..lineas_engine import (
 )
 from ._conditioning import check_conditioning, encode_images, run_in_sampling, training_compute_dtype
 from ._families import inputs_copied, is_qk_norm, probe_widths
+from ._memory import auto_micro_batch, prepare_training, trainable_weights
 from ._patcher import architecture_of
 
 logger = logging.getLogger(__name__)
@@ -93,7 +96,7 @@ def _noised_samples(model, lat: torch.Tensor, percents: list[float], seed: int):
 def train_style(model, vae, target_images: torch.Tensor, source_images: torch.Tensor, conditioning=None, *,
                 steps: int, lr: float, optimizer: str, sparsity: float, preset: str, regex: str,
                 noise_start: float, noise_end: float, levels: int, batch_size: int, micro_batch: int, seed: int,
-                on_step=None, name: str = "style", method: str = "lineas"):
+                on_step=None, name: str = "style", method: str = "lineas", checkpointing: str = "auto"):
     """Returns (SteeringRecord, TrainResult). Must run outside inference mode (the node takes care).
 
     Every forward goes through ComfyUI's sampling path under ``conditioning`` (nodes/_conditioning.py), so
@@ -111,10 +114,11 @@ def train_style(model, vae, target_images: torch.Tensor, source_images: torch.Te
     percents = torch.linspace(noise_start, noise_end, levels).tolist() if levels > 1 else [noise_start]
     src = _noised_samples(model, encode_images(vae, source_images, model), percents, seed)
     tgt = _noised_samples(model, encode_images(vae, target_images, model), percents, seed + 1)
-    patcher = _trainable_clone(model)
+    patcher = model.clone()
     train_dtype = training_compute_dtype(patcher)
     if train_dtype is not None:
         patcher.set_model_compute_dtype(train_dtype)
+    checkpointed = prepare_training(patcher, checkpointing)  # memory: checkpointing, load with a reserve
     cfg = TrainConfig(steps=steps, lr=lr, optimizer=optimizer, gamma=sparsity, batch_size=batch_size,
                       micro_batch_size=micro_batch or None, seed=seed, mask_key=None, schedule="cosine")
     chunk = min(num_samples(src), cfg.micro_batch_size or cfg.batch_size)
@@ -126,13 +130,20 @@ def train_style(model, vae, target_images: torch.Tensor, source_images: torch.Te
         def forward(b):
             return model_call(b["x"].to(device), b["sigma"].to(device))
 
-        sites = choose_sites(dm, preset, regex)
-        specs = probe_widths(dm, sites, lambda: forward(slice_samples(src, slice(0, 1))))
-        with inputs_copied(dm, list(specs)):
-            steering, result = train(dm, specs, forward, src, tgt, method=method, config=cfg, on_step=on_step,
-                                     device=device)
+        with trainable_weights(dm):  # no second copy of the weights; the originals are back afterwards
+            sites = choose_sites(dm, preset, regex)
+            specs = probe_widths(dm, sites, lambda: forward(slice_samples(src, slice(0, 1))))
+            with inputs_copied(dm, list(specs)):
+                run_cfg = cfg
+                if get_method(method).iterative and not micro_batch:  # 0 = auto: free memory, one measured sample
+                    run_cfg = replace(cfg, micro_batch_size=auto_micro_batch(dm, Steering(specs).to(device), forward,
+                                                                             src, cfg.batch_size, device))
+                memory["micro_batch"] = run_cfg.micro_batch_size
+                steering, result = train(dm, specs, forward, src, tgt, method=method, config=run_cfg,
+                                         on_step=on_step, device=device)
         return steering, result, dm, base.get_dtype(), base.manual_cast_dtype
 
+    memory = {"gradient_checkpointing": checkpointed}
     latent_shape = (chunk,) + tuple(src["x"].shape[1:])
     steering, result, dm, dtype, cast = run_in_sampling(patcher, conditioning, latent_shape, train_in_sampling,
                                                         seed=seed)
@@ -140,7 +151,7 @@ def train_style(model, vae, target_images: torch.Tensor, source_images: torch.Te
                                        sites=len(steering.sites), noise_percents=percents,
                                        target_images=int(target_images.shape[0]),
                                        source_images=int(source_images.shape[0]), dtype=str(dtype),
-                                       compute_dtype=str(train_dtype or cast or dtype))
+                                       compute_dtype=str(train_dtype or cast or dtype), **memory)
     logger.info("trained %s (%s) on %d sites: loss %.4g -> %.4g", name, method, len(steering.sites),
                 result.losses[0], result.losses[-1])
     return ref, result

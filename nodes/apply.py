@@ -5,7 +5,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ._help import documented
-from ._patcher import apply_steering
+from ._patcher import apply_steering_report
 from ._types import Steering
 
 
@@ -28,9 +28,12 @@ class LineasApply(io.ComfyNode):
                 io.Combo.Input("mode", options=["hooks", "fold"], default="hooks",
                                tooltip="fold: bake into the norm weights (no run-time cost, whole schedule)"),
             ],
-            outputs=[io.Model.Output()],
+            outputs=[io.Model.Output(),
+                     io.String.Output(display_name="report",
+                                      tooltip="fold: which sites could not be folded (kept as hooks) and why")],
         ))
 
     @classmethod
     def execute(cls, model, steering, strength, start_percent, end_percent, invert, mode) -> io.NodeOutput:
-        return io.NodeOutput(apply_steering(model, steering, strength, start_percent, end_percent, invert, mode))
+        return io.NodeOutput(*apply_steering_report(model, steering, strength, start_percent, end_percent, invert,
+                                                    mode))

@@ -12,6 +12,7 @@ from ..lineas_engine import METHODS
 from ._files import save_ref
 from ._help import documented
 from ._images import RESIZE_MODES, conform, load_folder, resolve_folder
+from ._memory import CHECKPOINTING
 from ._plots import line_plot, line_plot_pil
 from ._training import PRESETS, train_style
 from ._types import Steering
@@ -60,7 +61,8 @@ class LineasTrainStyle(io.ComfyNode):
                 io.Combo.Input("resize", options=list(RESIZE_MODES), default="crop"),
                 io.Int.Input("batch_size", default=16, min=2, max=4096),
                 io.Int.Input("micro_batch", default=0, min=0, max=4096,
-                             tooltip="bound memory: run the batch in chunks of this size (0 = all at once)"),
+                             tooltip="bound memory: run the batch in chunks of this size (same gradient; 0 = auto: "
+                                     "the whole batch if it fits in free memory, else the largest chunk that does)"),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF,
                              control_after_generate=False),  # a Run must not retrain with a new seed
                 io.String.Input("name", default="style"),
@@ -74,6 +76,8 @@ class LineasTrainStyle(io.ComfyNode):
                                               "text encoder (+ FluxGuidance for Flux). Without it the node stops "
                                               "with an error: zeros are not the empty prompt, and most families "
                                               "need more than a text tensor"),
+                io.Combo.Input("gradient_checkpointing", options=list(CHECKPOINTING), default="auto", optional=True,
+                               tooltip="; ".join(f"{k}: {v}" for k, v in CHECKPOINTING.items())),
             ],
             outputs=[Steering.Output(display_name="STEERING"), io.Image.Output(display_name="loss_curve"),
                      io.String.Output(display_name="summary")],
@@ -93,7 +97,8 @@ class LineasTrainStyle(io.ComfyNode):
     @classmethod
     def execute(cls, model, vae, target_folder, source_folder, steps, learning_rate, optimizer, sparsity, sites,
                 custom_regex, noise_start, noise_end, noise_levels, resolution, resize, batch_size, micro_batch, seed,
-                name, method="lineas", target_images=None, source_images=None, conditioning=None) -> io.NodeOutput:
+                name, method="lineas", target_images=None, source_images=None, conditioning=None,
+                gradient_checkpointing="auto") -> io.NodeOutput:
         import comfy.model_management as mm
         import comfy.utils
 
@@ -125,7 +130,7 @@ class LineasTrainStyle(io.ComfyNode):
                                       optimizer=optimizer, sparsity=sparsity, preset=sites, regex=custom_regex,
                                       noise_start=noise_start, noise_end=noise_end, levels=noise_levels,
                                       batch_size=batch_size, micro_batch=micro_batch, seed=seed, on_step=on_step,
-                                      name=name, method=method)
+                                      name=name, method=method, checkpointing=gradient_checkpointing)
         path = save_ref(ref, name)
         how = f"{result.steps} steps" if method == "lineas" else "closed form, layer-wise"
         summary = (f"{ref.describe()}\nloss {result.losses[0]:.4g} -> {result.losses[-1]:.4g} in {how} "

@@ -48,7 +48,7 @@ def _train_inputs(model, vae, cond, name: str, **over):
     inputs = dict(model=model, vae=vae, target_folder="", source_folder="", steps=3, learning_rate=0.01,
                   optimizer="adamw", sparsity=0.0, sites="all norms", custom_regex="", noise_start=0.0,
                   noise_end=1.0, noise_levels=2, resolution=RES, resize="crop", batch_size=8, micro_batch=0, seed=0,
-                  name=name, method="lineas", target_images=_images(4, 1), source_images=_images(4, 2),
+                  name=name, method="lineas", target_images=_images(3, 1), source_images=_images(3, 2),
                   conditioning=cond)
     inputs.update(over)
     return inputs
@@ -66,11 +66,25 @@ def fam_dir():
 
 @pytest.mark.parametrize("family,dtype", PARAMS)
 def test_family_trains_applies_samples(comfy, fam_dir, family, dtype):
+    _check_family(comfy, fam_dir, family, dtype)
+
+
+REAL = ["flux_dev", "chroma", "qwen_image", "lumina2", "wan21", "wan22", "hunyuan_video"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", REAL)
+def test_family_at_real_width(comfy, fam_dir, family):
+    """The same checks with the released models' hidden width (one block per stack; minutes and GBs)."""
+    _check_family(comfy, fam_dir, family, "bf16", real_width=True)
+
+
+def _check_family(comfy, fam_dir, family, dtype, real_width=False):
     import comfy.model_management as mm
 
     from bench.comfy_families import load_family, make_conditioning, make_vae
 
-    lf = load_family(family, fam_dir, dtype)
+    lf = load_family(family, fam_dir, dtype, real_width=real_width)
     model, fam = lf.model, lf.family
     if dtype in ("bf16", "fp16"):  # compute in that dtype as on a GPU (the CPU would manual-cast to fp32)
         model = comfy.nodes.NODE_CLASS_MAPPINGS["ModelComputeDtype"]().patch(model, dtype)[0]
@@ -97,16 +111,22 @@ def test_family_trains_applies_samples(comfy, fam_dir, family, dtype):
     shape = (1, fam.latent_channels) + ((1,) if fam.video else ()) + (RES // 8, RES // 8)
     latent = torch.zeros(shape)
     plain = _ksample(comfy, model, cond, latent)
-    (m0,) = _node(comfy, "LineasApply", model=model, steering=loaded, strength=0.0, start_percent=0.0,
-                  end_percent=1.0, invert=False, mode="hooks")
+    m0 = _node(comfy, "LineasApply", model=model, steering=loaded, strength=0.0, start_percent=0.0,
+             end_percent=1.0, invert=False, mode="hooks")[0]
     assert torch.equal(_ksample(comfy, m0, cond, latent), plain)
     outs = {}
     for mode in ("hooks", "fold"):
-        (m1,) = _node(comfy, "LineasApply", model=model, steering=loaded, strength=1.0, start_percent=0.0,
-                      end_percent=1.0, invert=False, mode=mode)
+        m1 = _node(comfy, "LineasApply", model=model, steering=loaded, strength=1.0, start_percent=0.0,
+                   end_percent=1.0, invert=False, mode=mode)[0]
         outs[mode] = _ksample(comfy, m1, cond, latent)
         assert torch.isfinite(outs[mode]).all()
     assert torch.equal(_ksample(comfy, model, cond, latent), plain)  # the input MODEL is untouched
+    if fam.video:  # learnt from one-frame videos, it steers a multi-frame generation
+        clip = torch.zeros(1, fam.latent_channels, 2, RES // 8, RES // 8)
+        mh = _node(comfy, "LineasApply", model=model, steering=loaded, strength=1.0, start_percent=0.0,
+                   end_percent=1.0, invert=False, mode="hooks")[0]
+        steered = _ksample(comfy, mh, cond, clip)
+        assert torch.isfinite(steered).all() and not torch.equal(steered, _ksample(comfy, model, cond, clip))
     change = (outs["hooks"] - plain).norm() / plain.norm()
     gap = (outs["fold"] - outs["hooks"]).norm() / plain.norm()
     assert change > 0, "the steering does not act"
