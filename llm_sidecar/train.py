@@ -30,9 +30,11 @@ logger = logging.getLogger(__name__)
 
 
 def encode(lm: LoadedModel, texts: Sequence[str], max_length: int = 64) -> dict[str, torch.Tensor]:
-    """Tokenize (left padding; pooling masks it out) into a sample dict on the CPU."""
-    enc = lm.tokenizer(list(texts), return_tensors="pt", padding=True, truncation=True, max_length=max_length)
-    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+    """Tokenize (left padding; pooling masks it out) into a sample dict on the CPU; through the chat
+    template when ``lm.chat`` is set (then with a ``content_mask`` for pooling, see :mod:`.chat`)."""
+    from .chat import encode_texts
+
+    return encode_texts(lm.tokenizer, texts, lm.chat, max_length)
 
 
 def lm_forward(lm: LoadedModel) -> Callable[[dict], object]:
@@ -69,6 +71,12 @@ def train_steering(
     require_samples(source, "the source set")
     require_samples(target, "the target set")
     cfg = config or TrainConfig()
+    if lm.chat is not None:
+        from dataclasses import replace
+
+        from .chat import CONTENT_MASK
+
+        cfg = replace(cfg, mask_key=CONTENT_MASK)  # pool over the texts' own tokens, not the template's
     sites = choose_sites(lm.model, sites_pattern)
     specs = site_specs(lm.model, sites)
     src, tgt = encode(lm, source, max_length), encode(lm, target, max_length)
@@ -78,7 +86,7 @@ def train_steering(
         steering = Steering(specs).to(lm.device)
         result = fit(lm.model, steering, fwd, src, tgt, config=cfg, on_step=on_step)
     elif method == "layerwise":
-        steering = fit_layerwise(lm.model, specs, fwd, src, tgt, batch_size=cfg.batch_size)
+        steering = fit_layerwise(lm.model, specs, fwd, src, tgt, batch_size=cfg.batch_size, mask_key=cfg.mask_key)
         result = None
     else:
         raise ValueError(f"method must be 'lineas' or 'layerwise', got {method!r}")
@@ -103,5 +111,6 @@ def save_trained(path, lm: LoadedModel, outcome: TrainOutcome, config: TrainConf
         config=config.to_dict() if outcome.method == "lineas" else {"method": "layerwise"},
         training=training,
         extra={"training_text_hashes": sorted(set(outcome.source_hashes) | set(hash_texts(training_prompts))),
+               "chat": lm.chat.to_dict() if lm.chat is not None else {"enabled": False},
                **({"calibration_text_hashes": hash_texts(calibration_texts)} if calibration_texts else {})},
     )
