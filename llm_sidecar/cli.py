@@ -150,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--steps", type=int, default=100)
     d.add_argument("--eval-prompts", type=int, default=64)
     d.add_argument("--neutral", type=int, default=100)
-    d.add_argument("--out", default=None, help="keep the steering file here")
+    d.add_argument("--out", default=None, help="new folder for the steering, the exported model and the report "
+                                               "(default: ./lineas-demo, or lineas-demo-N if that exists)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--calibrate", type=int, default=50,
                    help="neutral sentences (after the --neutral ones) to calibrate the strength on; 0 = off")

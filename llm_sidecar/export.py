@@ -119,7 +119,8 @@ def export_folded(lm: LoadedModel, steering: Steering, out_dir: str | os.PathLik
     try:
         new.save_pretrained(tmp, safe_serialization=True)
         lm.tokenizer.save_pretrained(tmp)
-        info = {"source_model": lm.name, "architecture": type(new).__name__, "strength": strength, "sites": steering.sites, "folded_shifts": sorted(shifts),
+        info = {"source_model": lm.name, "architecture": type(new).__name__, "strength": strength,
+                "sites": steering.sites, "folded_shifts": sorted(shifts),
                 "scale_only": scale_only, "max_abs_logit_diff_vs_hooked": diff}
         (tmp / "lineas_export.json").write_text(json.dumps(info, indent=2))
         if out.exists():
