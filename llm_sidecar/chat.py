@@ -83,7 +83,10 @@ def chat_from_meta(tokenizer, extra: dict, chat: bool | None, system: str | None
         if rec.get("template_hash") and rec["template_hash"] != template_hash(tokenizer):
             logger.warning("the tokenizer's chat template differs from the one the steering was trained with")
         return ChatFormat(system=rec.get("system"), template_hash=template_hash(tokenizer))
-    fmt = resolve_chat(tokenizer, chat, system if system is not None else rec.get("system"), model=model)
+    if chat is False:
+        fmt = resolve_chat(tokenizer, chat, system, model=model)  # raw text (--system is then an error)
+    else:
+        fmt = resolve_chat(tokenizer, chat, system if system is not None else rec.get("system"), model=model)
     if (fmt is not None) != bool(rec.get("enabled")) or (fmt and fmt.system != rec.get("system")):
         logger.warning("chat formatting differs from the one this steering was trained with (%s)", rec)
     return fmt

@@ -312,7 +312,8 @@ def cmd_eval(a) -> int:
                               gen=_gen_config(a), label=a.label or (Path(a.steering).stem if a.steering else "none"))
     paths = write_report(a.report, rows, {"model": a.model, "steering": a.steering, "judge": judge.name,
                                           "prompts": f"{a.prompts} ({len(prompts)})",
-                                          "neutral": f"{a.neutral} ({len(neutral)})", "seeds": a.seeds})
+                                          "neutral": f"{a.neutral} ({len(neutral)})", "seeds": a.seeds,
+                                          "chat": lm.chat.to_dict() if lm.chat is not None else {"enabled": False}})
     from .report import markdown_table
 
     sys.stdout.write(markdown_table(rows))

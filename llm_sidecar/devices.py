@@ -15,8 +15,8 @@ import torch
 
 from lineas_engine import LineasError
 
-__all__ = ["DEVICE_MAPS", "parse_max_memory", "from_pretrained_kwargs", "input_device", "is_dispatched",
-           "full_state_dict"]
+__all__ = ["DEVICE_MAPS", "parse_max_memory", "from_pretrained_kwargs", "check_fits", "input_device",
+           "is_dispatched", "full_state_dict"]
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +83,17 @@ def from_pretrained_kwargs(device_map, max_memory: str | None, offload_folder: s
     return kw
 
 
+def check_fits(model, kwargs: dict, max_memory: str | None) -> None:
+    """Disk offload (weights read from disk at every forward: very slow) only when asked for with
+    ``--offload-folder``; otherwise a model that does not fit in memory is an error."""
+    on_disk = [n for n, d in (getattr(model, "hf_device_map", None) or {}).items() if d == "disk"]
+    if on_disk and not kwargs.get("offload_folder"):
+        mem = f"--max-memory {max_memory}" if max_memory else "the free memory"
+        raise LineasError(f"--device-map {kwargs['device_map']}: the model does not fit in {mem} ({len(on_disk)} "
+                          f"module(s) would be read from disk, e.g. {on_disk[0]!r}); give more --max-memory, or "
+                          "--offload-folder DIR to allow disk offload (slow)")
+
+
 def is_dispatched(model) -> bool:
     return bool(getattr(model, "hf_device_map", None))
 
@@ -110,7 +121,7 @@ def input_device(model) -> torch.device:
 def full_state_dict(model) -> dict[str, torch.Tensor]:
     """All weights on the CPU, also those offloaded to the CPU / disk by accelerate."""
     if is_dispatched(model) and any(p.device.type == "meta" for p in model.parameters()):
-        from accelerate.utils import get_state_dict_offloaded_model
+        from accelerate.utils.modeling import get_state_dict_offloaded_model
 
         return {k: v.detach().cpu() for k, v in get_state_dict_offloaded_model(model).items()}
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}

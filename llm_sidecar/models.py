@@ -214,8 +214,9 @@ def load_model(spec: str, device: str | None = None, dtype: str | None = None, *
         raise LineasError(f"--device-map {kw['device_map']}: the model does not fit as asked ({first}); give "
                           "more --max-memory or an --offload-folder DIR") from None
     if kw:
-        from .devices import input_device
+        from .devices import check_fits, input_device
 
+        check_fits(model, kw, max_memory)
         dev = input_device(model)
         model.eval()
     else:
