@@ -83,5 +83,5 @@ def ot_loss(
     for site, z in source.items():
         w = wasserstein_1d_sq(z.float(), target[site].float().to(z.device))
         terms.append(w.mean() if reduction == "mean" else w.sum())
-    total = torch.stack(terms)
+    total = torch.stack([t.to(terms[0].device) for t in terms])  # sites may live on different devices
     return total.mean() if reduction == "mean" else total.sum()

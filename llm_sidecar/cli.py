@@ -40,6 +40,28 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                    help="hub id, local HF folder, .gguf file, or embedded: smollm2, gemma3-270m")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1 ...")
     p.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16")
+    _device_map_args(p)
+
+
+def _chat_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
+                   help="format texts with the tokenizer's chat template (default: on when it has one; with "
+                        "--steering: as the steering was trained)")
+    p.add_argument("--system", default=None, help="system prompt for --chat (default: the template's own)")
+
+
+def _device_map_args(p: argparse.ArgumentParser) -> None:
+    from .devices import DEVICE_MAPS
+
+    p.add_argument("--device-map", default=None, metavar="MAP",
+                   help=f"spread the model over devices with accelerate ({', '.join(DEVICE_MAPS)}); "
+                        "replaces --device")
+    p.add_argument("--max-memory", default=None, metavar="SPEC",
+                   help="with --device-map: memory per device, e.g. 0=20GiB,1=20GiB,cpu=60GiB")
+    p.add_argument("--offload-folder", default=None, metavar="DIR",
+                   help="with --device-map: folder for weights that fit nowhere (disk offload)")
+    p.add_argument("--load-in", choices=["8bit", "4bit"], default=None,
+                   help="quantized loading with bitsandbytes (CUDA); training and export need full weights")
 
 
 def _gen_args(p: argparse.ArgumentParser) -> None:
@@ -61,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="learn a steering from source (e.g. toxic) and target (non-toxic) texts")
     _model_args(t)
+    _chat_args(t)
     t.add_argument("--source", help="texts to steer away from: .txt (a line each), .jsonl, .csv")
     t.add_argument("--target", help="texts to steer towards")
     t.add_argument("--source-field", help="JSONL field / CSV column of --source (e.g. comment_text)")
@@ -76,11 +99,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--method", type=_method_name, choices=sorted(METHODS), default="lineas",
                    help="; ".join(f"{k}: {m.description}" for k, m in METHODS.items()) + " ('layerwise' also accepted)")
     t.add_argument("--sites", help="regex over module names (default: the paper's post norms for the family)")
-    t.add_argument("--steps", type=int, default=1000)
-    t.add_argument("--lr", type=float, default=0.1)
-    t.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], default="sgd")
+    from .recipes import DEFAULT_RECIPE, recipes_help
+
+    t.add_argument("--recipe", default=DEFAULT_RECIPE, help=f"training recipe: {recipes_help()}")
+    t.add_argument("--steps", type=int, default=None, help="override the recipe's steps")
+    t.add_argument("--lr", type=float, default=None, help="override the recipe's learning rate")
+    t.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], default=None, help="override the recipe's")
     t.add_argument("--sparsity", type=float, default=0.0, help="gamma of the sparse group lasso (0 = dense)")
-    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--batch-size", type=int, default=None, help="override the recipe's batch size")
     t.add_argument("--patience", type=int, default=0, help="stop when the loss has not improved for N steps")
     t.add_argument("--max-length", type=int, default=64, help="tokens per training text")
     t.add_argument("--seed", type=int, default=0)
@@ -92,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("generate", help="continue prompts, optionally under a steering")
     _model_args(g)
+    _chat_args(g)
     g.add_argument("--steering")
     g.add_argument("--strength", type=float, default=1.0)
     src = g.add_mutually_exclusive_group(required=True)
@@ -106,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="toxicity of continuations and perplexity on neutral text over strengths")
     _model_args(e)
+    _chat_args(e)
     e.add_argument("--steering")
     e.add_argument("--prompts", required=True, help="held-out prompts (never the training prompts)")
     e.add_argument("--neutral", required=True, help="neutral sentences for perplexity")
@@ -135,7 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--steps", type=int, default=100)
     d.add_argument("--eval-prompts", type=int, default=64)
     d.add_argument("--neutral", type=int, default=100)
-    d.add_argument("--out", default=None, help="keep the steering file here")
+    d.add_argument("--out", default=None, help="new folder for the steering, the exported model and the report "
+                                               "(default: ./lineas-demo, or lineas-demo-N if that exists)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--calibrate", type=int, default=50,
                    help="neutral sentences (after the --neutral ones) to calibrate the strength on; 0 = off")
@@ -161,10 +190,27 @@ def _method_name(value: str) -> str:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def _check_out_file(path: str, force: bool = False) -> Path:
-    from .validate import check_out_file
+def _load(a):
+    """The model for ``--model`` on ``--device`` or spread by ``--device-map`` (see devices.py)."""
+    from .models import load_model
 
-    return check_out_file(path, force)
+    dm = getattr(a, "device_map", None)
+    if dm is None and (a.max_memory or a.offload_folder):
+        raise LineasError("--max-memory / --offload-folder need --device-map (e.g. --device-map auto)")
+    if dm is None and a.load_in is None:
+        return load_model(a.model, a.device, a.dtype)
+    return load_model(a.model, a.device, a.dtype, device_map=dm or "auto", max_memory=a.max_memory,
+                      offload_folder=a.offload_folder, load_in=a.load_in)
+
+
+def _set_chat(lm, a, meta=None) -> None:
+    """``lm.chat`` from --chat/--system (train), or as recorded in the steering file (generate / eval)."""
+    from .chat import chat_from_meta, resolve_chat
+
+    if meta is None:
+        lm.chat = resolve_chat(lm.tokenizer, a.chat, a.system, model=a.model)
+    else:
+        lm.chat = chat_from_meta(lm.tokenizer, meta.extra, a.chat, a.system, model=a.model)
 
 
 def _load_steering(lm, path: str, allow_transfer: bool = False):
@@ -177,7 +223,6 @@ def _load_steering(lm, path: str, allow_transfer: bool = False):
 
 def cmd_train(a) -> int:
     from .data import read_texts, require_samples
-    from .models import load_model
     from .progress import progress_bar
     from .train import train_steering
     from .validate import check_map, check_out_file, check_scorable, save_or_rescue
@@ -187,8 +232,12 @@ def cmd_train(a) -> int:
         raise LineasError("give either --from-prompts or --source and --target, not both")
     if not a.from_prompts and not (a.source and a.target):
         raise LineasError("train needs --source and --target files (or --from-prompts FILE)")
-    cfg = TrainConfig(steps=a.steps, lr=a.lr, optimizer=a.optimizer, batch_size=a.batch_size, gamma=a.sparsity,
-                      seed=a.seed, patience=a.patience)
+    from .recipes import get_recipe
+
+    rec = get_recipe(a.recipe)
+    cfg = TrainConfig(steps=rec.steps if a.steps is None else a.steps, lr=rec.lr if a.lr is None else a.lr,
+                      optimizer=a.optimizer or rec.optimizer, batch_size=a.batch_size or rec.batch_size,
+                      gamma=a.sparsity, seed=a.seed, patience=a.patience)
     if a.source:
         source = read_texts(a.source, a.source_field, a.source_where, what="--source")
         target = read_texts(a.target, a.target_field, a.target_where, what="--target")
@@ -203,7 +252,8 @@ def cmd_train(a) -> int:
 
         require_samples(calib, "--calibrate-on", 1)
         check_budget(a.max_ppl_increase)  # before the model loads
-    lm = load_model(a.model, a.device, a.dtype)
+    lm = _load(a)
+    _set_chat(lm, a)
     if calib is not None:
         check_scorable(lm, calib, "--calibrate-on")  # before training, not after
     if prompts:
@@ -239,13 +289,13 @@ def cmd_generate(a) -> int:
 
     from .data import read_texts
     from .generate import generate
-    from .models import load_model
     from .validate import check_out_file, save_or_rescue
 
     prompts = [a.prompt] if a.prompt is not None else read_texts(a.prompts, a.field, what="--prompts")
     out = check_out_file(a.out, a.force) if a.out else None
-    lm = load_model(a.model, a.device, a.dtype)
-    steering = _load_steering(lm, a.steering, a.allow_transfer)[0] if a.steering else None
+    lm = _load(a)
+    steering, meta = _load_steering(lm, a.steering, a.allow_transfer) if a.steering else (None, None)
+    _set_chat(lm, a, meta)
     g = generate(lm, prompts, _gen_config(a), seed=a.seed, steering=steering, strength=a.strength)
     lines = [json.dumps({"prompt": p, "continuation": c}) for p, c in zip(g.prompts, g.continuations)]
     if out is not None:
@@ -264,7 +314,6 @@ def cmd_eval(a) -> int:
     from .data import check_disjoint, read_texts, require_samples
     from .evaluate import evaluate_strengths
     from .judges import make_judge
-    from .models import load_model
     from .report import write_report
     from .validate import check_report_dir, check_scorable, hashes_of
 
@@ -277,9 +326,10 @@ def cmd_eval(a) -> int:
     require_samples(neutral, "--neutral", 1)
     check_report_dir(a.report, a.force)  # before any generation
     judge = make_judge(a.judge)
-    lm = load_model(a.model, a.device, a.dtype)
+    lm = _load(a)
     check_scorable(lm, neutral, "--neutral")
     steering, meta = _load_steering(lm, a.steering, a.allow_transfer) if a.steering else (None, None)
+    _set_chat(lm, a, meta)
     if meta is not None:
         check_disjoint(prompts, hashes_of(meta, "training_text_hashes", a.steering))
         check_disjoint(neutral, hashes_of(meta, "calibration_text_hashes", a.steering), what="--neutral texts",
@@ -288,7 +338,8 @@ def cmd_eval(a) -> int:
                               gen=_gen_config(a), label=a.label or (Path(a.steering).stem if a.steering else "none"))
     paths = write_report(a.report, rows, {"model": a.model, "steering": a.steering, "judge": judge.name,
                                           "prompts": f"{a.prompts} ({len(prompts)})",
-                                          "neutral": f"{a.neutral} ({len(neutral)})", "seeds": a.seeds})
+                                          "neutral": f"{a.neutral} ({len(neutral)})", "seeds": a.seeds,
+                                          "chat": lm.chat.to_dict() if lm.chat is not None else {"enabled": False}})
     from .report import markdown_table
 
     sys.stdout.write(markdown_table(rows))
@@ -298,11 +349,10 @@ def cmd_eval(a) -> int:
 
 def cmd_export(a) -> int:
     from .export import export_folded
-    from .models import load_model
     from .validate import check_export_dir
 
     check_export_dir(a.out)
-    lm = load_model(a.model, a.device, a.dtype)
+    lm = _load(a)
     steering, _ = _load_steering(lm, a.steering, a.allow_transfer)
     info = export_folded(lm, steering, a.out, strength=a.strength, scale_only=a.scale_only)
     sys.stdout.write(f"exported to {a.out} (max |logit diff| vs hooked: {info['max_abs_logit_diff_vs_hooked']:.2e})\n")

@@ -8,22 +8,24 @@ neutral prose, before and after. Training and evaluation prompts are disjoint.""
 from __future__ import annotations
 
 import logging
-import tempfile
+import os
 import time
 from pathlib import Path
 from typing import TextIO
 
-from lineas_engine import TrainConfig, save_record
+from lineas_engine import LineasError, TrainConfig, save_record
 
 from .build import build_sets
 from .calibrate import calibrate_record
 from .data import check_disjoint, hash_texts, neutral_sentences, rtp_prompts, split
 from .evaluate import evaluate_strengths
+from .export import export_folded
 from .generate import GenConfig
 from .judges import make_judge
 from .models import load_model
 from .progress import progress_bar
-from .report import markdown_table
+from .recipes import RECIPES
+from .report import markdown_table, write_report
 from .train import train_steering
 
 __all__ = ["run_demo", "DEMO_CONFIG"]
@@ -32,7 +34,7 @@ logger = logging.getLogger(__name__)
 
 # Paper: SGD 0.1, cosine, 1000 steps, batch 32. Adam reaches the same loss in far fewer steps, which is
 # what makes the demo take minutes on a laptop CPU.
-DEMO_CONFIG = dict(optimizer="adam", lr=0.0075, batch_size=32)
+DEMO_CONFIG = dict(optimizer=RECIPES["fast"].optimizer, lr=RECIPES["fast"].lr, batch_size=RECIPES["fast"].batch_size)
 
 
 def run_demo(*, model: str = "smollm2", n: int = 32, steps: int = 100, eval_prompts: int = 64,
@@ -41,6 +43,7 @@ def run_demo(*, model: str = "smollm2", n: int = 32, steps: int = 100, eval_prom
              max_ppl_increase: float = 0.1) -> dict:
     t_start = time.perf_counter()
     say = lambda s: (stream.write(s + "\n"), stream.flush())  # noqa: E731
+    folder = demo_folder(out)  # checked before any work
     lm = load_model(model)
     say(f"model: {model} ({lm.architecture}, {sum(p.numel() for p in lm.model.parameters()) / 1e6:.1f}M params, "
         f"{lm.device}, {str(lm.dtype).removeprefix('torch.')})")
@@ -64,7 +67,8 @@ def run_demo(*, model: str = "smollm2", n: int = 32, steps: int = 100, eval_prom
         cal = calibrate_record(lm, record, calib, max_increase=max_ppl_increase)
         say(f"calibrated to a +{max_ppl_increase:.0%} perplexity budget on {len(calib)} other neutral sentences: "
             f"strength {cal.strength:.3f} of the learned map is saved as strength 1")
-    path = Path(out) if out else Path(tempfile.mkdtemp(prefix="lineas-demo-")) / "detox.safetensors"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "detox.safetensors"
     save_record(path, record)
     gen = GenConfig(max_new_tokens=max_new_tokens)
     rows = evaluate_strengths(lm, None, held, texts, judge=judge, gen=gen, seeds=(seed,), label="none")
@@ -81,5 +85,44 @@ def run_demo(*, model: str = "smollm2", n: int = 32, steps: int = 100, eval_prom
     say(f"saved steering ({full.label}, strength 1): toxicity {base.toxicity:.1f}% -> {full.toxicity:.1f}% ({change}), "
         f"perplexity {base.perplexity:.2f} -> {full.perplexity:.2f} "
         f"({full.perplexity / base.perplexity - 1:+.1%}); judge {judge.name}")
-    say(f"steering saved to {path}; total {time.perf_counter() - t_start:.0f} s")
-    return {"rows": rows, "steering": str(path), "record": record}
+    report = write_report(folder / "report", rows, {"model": model, "steering": str(path), "judge": judge.name,
+                                                    "prompts": f"{len(held)} held-out RTP prompts",
+                                                    "neutral": f"{len(texts)} neutral sentences", "seeds": [seed]})
+    exported = folder / "model"
+    try:
+        info = export_folded(lm, record.steering.to(lm.device), exported)
+        exp_note = f"exported model: {exported} (plain HF folder, max |logit diff| vs hooks " \
+                   f"{info['max_abs_logit_diff_vs_hooked']:.1e})"
+    except LineasError as e:  # e.g. Gemma's shifts have no exact folded form: the steering still works
+        exported, exp_note = None, f"no exported model: {e}"
+    say(f"total {time.perf_counter() - t_start:.0f} s")
+    say("")
+    say(f"wrote {folder}/: detox.safetensors (the steering), report/ (results.md, results.json, plot)"
+        f"{', model/ (the steered model)' if exported else ''}")
+    say(exp_note)
+    say("next:")
+    say(f"  lineas-llm generate --model {model} --steering {path} --prompt \"You are such a\"")
+    if exported:
+        say(f"  python -c \"from transformers import pipeline; print(pipeline('text-generation', '{exported}')"
+            f"('You are such a')[0]['generated_text'])\"")
+    return {"rows": rows, "steering": str(path), "record": record, "folder": str(folder),
+            "report": str(report["md"]), "exported": str(exported) if exported else None}
+
+
+def demo_folder(out: str | None) -> Path:
+    """``--out`` (a new or empty folder), else the first free ``./lineas-demo[-N]`` in the current directory."""
+    if out:
+        p = Path(out)
+        if p.exists() and (not p.is_dir() or any(p.iterdir())):
+            raise LineasError(f"demo --out {out!r} exists and is not an empty folder; choose a new folder")
+        parent = p.parent if str(p.parent) else Path(".")
+        if not parent.is_dir() or not os.access(parent, os.W_OK):
+            raise LineasError(f"cannot write demo --out {out!r}: {str(parent)!r} is not a writable folder")
+        return p
+    if not os.access(".", os.W_OK):
+        raise LineasError("the current directory is not writable; give demo --out DIR")
+    for k in range(1000):
+        p = Path("lineas-demo" if k == 0 else f"lineas-demo-{k}")
+        if not p.exists():
+            return p
+    raise LineasError("lineas-demo ... lineas-demo-999 all exist here; give demo --out DIR")

@@ -21,6 +21,8 @@ import torch
 
 from lineas_engine import LineasError, Steering, fold_, steered
 
+from .devices import full_state_dict, is_dispatched
+from .llama_export import LLAMA_EQUIVALENT, llama_config, refusal_reason
 from .models import LoadedModel
 
 __all__ = ["export_folded"]
@@ -30,24 +32,22 @@ _LLAMA_POST = re.compile(r"(.*\.)?layers\.(\d+)\.post_attention_layernorm")
 
 
 def _split(steering: Steering) -> tuple[Steering, dict[str, torch.Tensor]]:
-    scale_only = Steering(steering.specs)
-    shifts = {}
-    with torch.no_grad():
-        for s in steering.sites:
-            scale_only.weight(s).copy_(steering.weight(s))
-            if bool((steering.bias(s) != 0).any()):
-                shifts[s] = steering.bias(s).detach().clone()
+    """The scales alone (shifts zero), and the non-zero shifts by site."""
+    scale_only = Steering.from_tensors(steering.specs, {s: steering.weight(s) for s in steering.sites},
+                                       {s: torch.zeros(p.dim) for s, p in steering.specs.items()})
+    shifts = {s: steering.bias(s).detach().clone() for s in steering.sites if bool((steering.bias(s) != 0).any())}
     return scale_only, shifts
 
 
 def _shift_consumers(model, site: str) -> list[str]:
     m = _LLAMA_POST.fullmatch(site)
     cfg = model.config
-    if m is None or not hasattr(cfg, "mlp_bias"):
+    if m is None or not (hasattr(cfg, "mlp_bias") or cfg.model_type in LLAMA_EQUIVALENT):
         raise LineasError(
             f"site {site!r} has a shift that cannot be folded exactly into a {cfg.model_type} model "
-            "(its output has no following bias to absorb it); export with --scale-only (drops the shifts, "
-            "not exact) or apply the steering with hooks (lineas-llm generate --steering)"
+            f"({refusal_reason(cfg) if m is not None else 'its output has no following bias to absorb it'}); "
+            "export with --scale-only (drops the shifts, not exact) or apply the steering with hooks "
+            "(lineas-llm generate --steering)"
         )
     prefix = site[: -len("post_attention_layernorm")]
     return [prefix + "mlp.gate_proj", prefix + "mlp.up_proj"]
@@ -72,11 +72,17 @@ def export_folded(lm: LoadedModel, steering: Steering, out_dir: str | os.PathLik
         shifts = {}
     consumers = {s: _shift_consumers(model, s) for s in shifts}
 
-    cfg = model.config.__class__.from_dict(model.config.to_dict())
+    if getattr(model, "is_quantized", False) or getattr(model.config, "quantization_config", None):
+        raise LineasError("export needs the full-precision weights; load the model without --load-in")
+    if shifts and not hasattr(model.config, "mlp_bias"):
+        cfg = llama_config(model.config)  # Qwen2 / Mistral as the equivalent Llama with biases (or the reason)
+    else:
+        cfg = model.config.__class__.from_dict(model.config.to_dict())
     if shifts:
         cfg.mlp_bias = True
     new = AutoModelForCausalLM.from_config(cfg, dtype=lm.dtype)
-    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    state = full_state_dict(model)  # on the CPU, also weights that accelerate offloaded
+    here = torch.device("cpu") if is_dispatched(model) else lm.device  # a dispatched model may fit nowhere whole
     missing, unexpected = new.load_state_dict(state, strict=False)
     if unexpected:
         raise LineasError(f"export: unexpected weights {unexpected[:3]}")
@@ -92,7 +98,7 @@ def export_folded(lm: LoadedModel, steering: Steering, out_dir: str | os.PathLik
             for lin in consumers[site]:
                 mod = new.get_submodule(lin)
                 mod.bias.add_(mod.weight.float() @ b.to(mod.weight.device).float())
-    new.to(lm.device).eval()
+    new.to(here).eval()
     report = fold_(new, scale)
     if not report.complete:
         raise LineasError(f"cannot fold sites {sorted(report.skipped)[:3]}: {next(iter(report.skipped.values()))}")
@@ -101,9 +107,9 @@ def export_folded(lm: LoadedModel, steering: Steering, out_dir: str | os.PathLik
     enc = lm.tokenizer(texts, return_tensors="pt", padding=True).to(lm.device)
     with torch.no_grad():
         with steered(model, steer):
-            hooked = model(**enc).logits.float()
-        folded = new(**enc).logits.float()
-    real = enc["attention_mask"].bool()  # padded positions attend to nothing: their logits are not outputs
+            hooked = model(**enc).logits.float().cpu()
+        folded = new(**enc.to(here)).logits.float().cpu()
+    real = enc["attention_mask"].bool().cpu()  # padded positions attend to nothing: their logits are not outputs
     diff = (hooked - folded)[real].abs().max().item()
 
     tmp = parent / f".{out.name}.{secrets.token_hex(6)}.tmp"
@@ -111,7 +117,8 @@ def export_folded(lm: LoadedModel, steering: Steering, out_dir: str | os.PathLik
     try:
         new.save_pretrained(tmp, safe_serialization=True)
         lm.tokenizer.save_pretrained(tmp)
-        info = {"source_model": lm.name, "strength": strength, "sites": steering.sites, "folded_shifts": sorted(shifts),
+        info = {"source_model": lm.name, "architecture": type(new).__name__, "strength": strength,
+                "sites": steering.sites, "folded_shifts": sorted(shifts),
                 "scale_only": scale_only, "max_abs_logit_diff_vs_hooked": diff}
         (tmp / "lineas_export.json").write_text(json.dumps(info, indent=2))
         if out.exists():

@@ -82,7 +82,11 @@ def generate(
         for i in progress(range(0, len(prompts), cfg.batch_size), desc=desc, enabled=show_progress,
                           unit="batch"):
             batch = list(prompts[i : i + cfg.batch_size])
-            enc = tok(batch, return_tensors="pt", padding=True).to(lm.device)
+            if lm.chat is not None:  # the template carries its own special tokens
+                enc = tok(lm.chat.format_all(tok, batch), return_tensors="pt", padding=True,
+                          add_special_tokens=False).to(lm.device)
+            else:
+                enc = tok(batch, return_tensors="pt", padding=True).to(lm.device)
             out = model.generate(**enc, **kwargs)
             new = out[:, enc["input_ids"].shape[1] :]
             for row in new:

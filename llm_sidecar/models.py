@@ -46,6 +46,7 @@ class LoadedModel:
     path: str  # the folder (or hub id) it was loaded from
     device: torch.device
     dtype: torch.dtype
+    chat: object | None = None  # a chat.ChatFormat when texts go through the chat template (set by the CLI)
 
     @property
     def architecture(self) -> str:
@@ -189,22 +190,44 @@ def resolve_model_path(spec: str) -> str:
     return spec  # a hub id
 
 
-def load_model(spec: str, device: str | None = None, dtype: str | None = None) -> LoadedModel:
-    """Load model and tokenizer for ``spec`` in eval mode, padding on the left (for batched generation)."""
+def load_model(spec: str, device: str | None = None, dtype: str | None = None, *, device_map=None,
+               max_memory: str | None = None, offload_folder: str | None = None,
+               load_in: str | None = None) -> LoadedModel:
+    """Load model and tokenizer for ``spec`` in eval mode, padding on the left (for batched generation).
+    ``device_map`` (e.g. ``"auto"``) spreads it over devices with accelerate instead (see :mod:`.devices`)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: PLC0415
 
-    dev = resolve_device(device)
+    dev = resolve_device(device) if device_map is None else torch.device("cuda" if torch.cuda.is_available()
+                                                                          else "cpu")
     dt = resolve_dtype(dtype, dev)
+    kw = {}
+    if device_map is not None or load_in is not None:
+        from .devices import from_pretrained_kwargs
+
+        kw = from_pretrained_kwargs(device_map or "auto", max_memory, offload_folder, load_in, dt)
     path = resolve_model_path(spec)
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dt)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dt, **kw)
         tok = AutoTokenizer.from_pretrained(path)
     except OSError as e:
         raise LineasError(
             f"cannot load --model {spec!r}: {str(e).splitlines()[0]} "
             "(offline? use a local folder, a .gguf file or the embedded 'smollm2')"
         ) from None
-    model.to(dev).eval()
+    except ValueError as e:
+        if not kw:
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise LineasError(f"--device-map {kw['device_map']}: the model does not fit as asked ({first}); give "
+                          "more --max-memory or an --offload-folder DIR") from None
+    if kw:
+        from .devices import check_fits, input_device
+
+        check_fits(model, kw, max_memory)
+        dev = input_device(model)
+        model.eval()
+    else:
+        model.to(dev).eval()
     tok.padding_side = "left"
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token

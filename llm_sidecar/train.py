@@ -21,9 +21,11 @@ logger = logging.getLogger(__name__)
 
 
 def encode(lm: LoadedModel, texts: Sequence[str], max_length: int = 64) -> dict[str, torch.Tensor]:
-    """Tokenize (left padding; pooling masks it out) into a sample dict on the CPU."""
-    enc = lm.tokenizer(list(texts), return_tensors="pt", padding=True, truncation=True, max_length=max_length)
-    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+    """Tokenize (left padding; pooling masks it out) into a sample dict on the CPU; through the chat
+    template when ``lm.chat`` is set (then with a ``content_mask`` for pooling, see :mod:`.chat`)."""
+    from .chat import encode_texts
+
+    return encode_texts(lm.tokenizer, texts, lm.chat, max_length)
 
 
 def lm_forward(lm: LoadedModel) -> Callable[[dict], object]:
@@ -51,6 +53,12 @@ def train_steering(
     require_samples(source, "the source set")
     require_samples(target, "the target set")
     cfg = config or TrainConfig()
+    if lm.chat is not None:
+        from dataclasses import replace
+
+        from .chat import CONTENT_MASK
+
+        cfg = replace(cfg, mask_key=CONTENT_MASK)  # pool over the texts' own tokens, not the template's
     sites = choose_sites(lm.model, sites_pattern)
     src, tgt = encode(lm, source, max_length), encode(lm, target, max_length)
     steering, result = train(lm.model, site_specs(lm.model, sites), lm_forward(lm), src, tgt, method=method,
@@ -59,4 +67,5 @@ def train_steering(
     record = SteeringRecord.from_training(steering, result, cfg, name=name, fingerprint=fingerprint,
                                           num_sites=len(sites))
     record.extra["training_text_hashes"] = sorted(set(hash_texts([*source, *target, *training_prompts])))
+    record.extra["chat"] = lm.chat.to_dict() if lm.chat is not None else {"enabled": False}
     return record, result

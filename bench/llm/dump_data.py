@@ -1,0 +1,41 @@
+"""Write the protocol's splits as text files (one text a line), for the CLI commands of docs/results:
+
+    python -m bench.llm.dump_data --model smollm2 --out /tmp/llmdata
+
+toxic.txt / clean.txt (the 32 most / least toxic of the 200 pool prompts), statements.txt (32 short neutral
+statements of another domain), heldout.txt (300 evaluation prompts), neutral.txt (500 evaluation passages),
+val_neutral.txt (the 100 validation passages after them, for --calibrate-on), calib.txt (the next 100)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .protocol import prepare_data, short_statements
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.llm.dump_data", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2")
+    ap.add_argument("--out", required=True)
+    a = ap.parse_args(argv)
+    from llm_sidecar.data import split
+    from llm_sidecar.judges import make_judge
+    from llm_sidecar.models import load_model
+
+    lm = load_model(a.model)
+    d = prepare_data(lm, make_judge("profanity"))
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"toxic": d.toxic, "clean": d.clean, "statements": split(short_statements(), 32, seed=0)[0],
+             "heldout": d.held, "neutral": d.neutral, "val_neutral": d.val_neutral[:100],
+             "calib": d.val_neutral[100:200], "val_prompts": d.val_prompts}
+    for name, texts in files.items():
+        (out / f"{name}.txt").write_text("".join(t.replace("\n", " ") + "\n" for t in texts), encoding="utf-8")
+        print(f"{out / name}.txt: {len(texts)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
