@@ -12,6 +12,7 @@ what the file is."""
 from __future__ import annotations
 
 import base64
+import copy
 import io as _io
 import json
 from pathlib import Path
@@ -31,14 +32,44 @@ MODELSPEC_ARCHITECTURES = {
 }
 
 
-def lora_state_dict(diffusion_model: torch.nn.Module, ref: SteeringRecord, strength: float = 1.0):
-    """({"diffusion_model.<site>.diff": ..., ".diff_b": ...}, {site: reason} for sites left out)."""
-    params, report = folded_parameters(diffusion_model, ref.steering, strength)
+def _unpatched_sites(model, diffusion_model: torch.nn.Module, sites) -> torch.nn.Module:
+    """A stand-in root that holds, under the sites' own names, shallow copies of the site modules with
+    the model's unpatched weights. ComfyUI keeps the weight patches of the last loaded clone applied in
+    place (the originals wait in ModelPatcher.backup, comfy/model_patcher.py:601-602 and 773-783), so the
+    live parameters may already hold another steering or LoRA. Nothing of the model is modified."""
+    backup = getattr(model, "backup", None) or {}
+    root = torch.nn.Module()
+    for site in sites:
+        try:
+            module = diffusion_model.get_submodule(site)
+        except AttributeError:
+            continue  # folded_parameters reports it as "not a module of this model"
+        twin = copy.copy(module)
+        twin._parameters = dict(module._parameters)  # a dict of its own: the model's stays as it is
+        for kind, p in module._parameters.items():
+            saved = backup.get(f"diffusion_model.{site}.{kind}")
+            if p is not None and saved is not None:
+                twin._parameters[kind] = saved.weight.to(device=p.device, dtype=p.dtype)
+        parent = root
+        *path, leaf = site.split(".")
+        for part in path:
+            if part not in parent._modules:
+                parent.add_module(part, torch.nn.Module())
+            parent = parent._modules[part]
+        parent.add_module(leaf, twin)
+    return root
+
+
+def lora_state_dict(model, ref: SteeringRecord, strength: float = 1.0):
+    """({"diffusion_model.<site>.diff": ..., ".diff_b": ...}, {site: reason} for sites left out), from
+    the unpatched weights of ``model`` (a ComfyUI MODEL)."""
+    root = _unpatched_sites(model, model.get_model_object("diffusion_model"), ref.steering.sites)
+    params, report = folded_parameters(root, ref.steering, strength)
     sd: dict[str, torch.Tensor] = {}
     with torch.no_grad():
         for name, new in params.items():
-            old = diffusion_model.get_parameter(name)
             module, kind = name.rsplit(".", 1)
+            old = root.get_submodule(module)._parameters[kind]
             suffix = {"weight": "diff", "bias": "diff_b"}[kind]
             sd[f"diffusion_model.{module}.{suffix}"] = (new.float() - old.float()).cpu().contiguous()
     return sd, dict(report.skipped)
@@ -74,13 +105,13 @@ def lora_metadata(ref: SteeringRecord, title: str, strength: float, skipped: dic
     return meta
 
 
-def save_lora(folder: Path, name: str, diffusion_model: torch.nn.Module, ref: SteeringRecord, strength: float = 1.0,
+def save_lora(folder: Path, name: str, model, ref: SteeringRecord, strength: float = 1.0,
               thumbnail: str | None = None) -> tuple[Path, dict[str, str]]:
     """Write ``folder/<name>_NNNNN.safetensors`` atomically, never over an existing file. Returns the path
     and the sites left out (with the reason)."""
     from safetensors.torch import save as st_save
 
-    sd, skipped = lora_state_dict(diffusion_model, ref, strength)
+    sd, skipped = lora_state_dict(model, ref, strength)
     if not sd:
         raise LineasError(f"no site of steering '{ref.name}' can be folded into this model's weights "
                           f"({'; '.join(f'{k}: {v}' for k, v in list(skipped.items())[:3])}), so it has no "

@@ -9,7 +9,7 @@ from comfy_api.latest import io
 from ._files import check_name
 from ._help import documented
 from ._lora import save_lora, thumbnail_data_uri
-from ._patcher import check_fits, diffusion_model_of
+from ._patcher import check_fits
 from ._types import Steering
 
 
@@ -39,7 +39,7 @@ class LineasSaveLora(io.ComfyNode):
         check_fits(model, steering)
         folder = Path(folder_paths.get_output_directory()) / "loras"
         thumb = thumbnail_data_uri(thumbnail) if thumbnail is not None else None
-        path, skipped = save_lora(folder, name, diffusion_model_of(model), steering, strength, thumb)
+        path, skipped = save_lora(folder, name, model, steering, strength, thumb)
         left_out = ("none: every site is in the file" if not skipped else
                     f"{len(skipped)} site(s) NOT in the file (apply them with LinEAS Apply, hooks): " +
                     "; ".join(f"{k}: {v}" for k, v in skipped.items()))

@@ -18,7 +18,7 @@ def _ours(comfy) -> dict:
 
 def test_every_node_input_and_output_is_documented(comfy):
     ours = _ours(comfy)
-    assert len(ours) == 7
+    assert len(ours) >= 7
     for node_id, cls in ours.items():
         info = cls.GET_NODE_INFO_V1()  # what /object_info sends (server.py node_info)
         assert len(info["description"]) > 40, node_id

@@ -131,3 +131,26 @@ def test_bad_name_is_refused_and_writes_nothing(setup, comfy):
     with pytest.raises(pack.lineas_engine.LineasError, match="is not allowed"):  # the pack's own copy of the class
         pack.nodes.lora_node.LineasSaveLora.execute(setup["model"], setup["ref"], "../escape", 1.0)
     assert sorted((comfy.output_dir / "loras").iterdir()) == before
+
+
+def test_export_reads_unpatched_weights_while_another_clone_is_loaded(setup, comfy):
+    """ComfyUI keeps the last sampled clone's weight patches applied in place: an export made then must
+    still start from the model's own weights (the result is compared with hooks, which do not depend on
+    the weights' current values)."""
+    import folder_paths
+
+    import nodes
+
+    model, pos, neg, ref = setup["model"], setup["pos"], setup["neg"], setup["ref"]
+    pack = _pack()
+    apply = pack.nodes.apply.LineasApply.execute
+    _sample(apply(model, ref, 1.0, 0.0, 1.0, False, "fold").result[0], pos, neg)  # patches now live in place
+    site = next(iter(ref.steering.sites))
+    key = f"diffusion_model.{site}.weight"
+    live = model.get_model_object("diffusion_model").get_submodule(site).weight
+    assert key in model.backup and not torch.equal(live, model.backup[key].weight)  # the case is exercised
+    lora_name, _ = pack.nodes.lora_node.LineasSaveLora.execute(model, ref, "after_live", 0.5).result
+    assert folder_paths.get_full_path("loras", lora_name)
+    hooked = _sample(apply(model, ref, 0.5, 0.0, 1.0, False, "hooks").result[0], pos, neg)
+    via_lora = _sample(nodes.LoraLoaderModelOnly().load_lora_model_only(model, lora_name, 1.0)[0], pos, neg)
+    assert _rel(via_lora, hooked) <= 1e-5
