@@ -217,8 +217,9 @@ def train_style() -> list[dict]:
         {"title": "2 · Train",
          "note": "## 2 · Train\nPut 8-40 **style images** in `ComfyUI/input/lineas_targets/illustration` (or type "
                  "another folder). Press **Run**. The steering is saved as `output/lineas/my_style_00001"
-                 ".safetensors`; the summary names the file. Copy it to `models/lineas` for the other templates.",
-         "columns": [[_train(source_images=["dec", 0])],
+                 ".safetensors`; the summary names the file. Copy it to `models/lineas` for the other templates. "
+                 "The model is trained under the prompt's conditioning, as it samples.",
+         "columns": [[_train(source_images=["dec", 0], conditioning=["pos", 0])],
                      [N("loss", "PreviewImage", {"images": ["train", 1]}, title="Loss curve", width=250),
                       N("summary", "PreviewAny", {"source": ["train", 2]}, title="Summary (saved file)",
                         width=250)]]},
