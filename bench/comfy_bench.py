@@ -239,18 +239,13 @@ def main(argv=None) -> int:
     ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args(argv)
 
-    from bench.comfy_runtime import InProcessComfy, comfy_available, import_comfy
+    from bench.comfy_runtime import InProcessComfy, comfy_available
 
     ok, why = comfy_available()
     if not ok:
         print(f"skipped: {why}")
         return 0
-    if args.device == "cuda":
-        import_comfy()
-        from comfy.cli_args import args as cargs
-
-        cargs.cpu = False
-    InProcessComfy(Path(tempfile.mkdtemp(prefix="lineas-bench-")), tiny_checkpoint=False)
+    InProcessComfy(Path(tempfile.mkdtemp(prefix="lineas-bench-")), tiny_checkpoint=False, cpu=args.device == "cpu")
     from bench.comfy_families import FAMILIES
 
     device = torch.device(args.device)
