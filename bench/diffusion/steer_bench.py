@@ -95,7 +95,8 @@ def train_graph(cfg: BenchConfig, ckpt_name: str, target: Path, method: str, nam
         "steps": cfg.train_steps, "learning_rate": cfg.learning_rate, "optimizer": "adamw", "sparsity": 0.0,
         "sites": cfg.sites, "custom_regex": "", "noise_start": cfg.noise_start, "noise_end": cfg.noise_end,
         "noise_levels": cfg.noise_levels, "resolution": cfg.size, "resize": "crop", "batch_size": cfg.batch_size,
-        "micro_batch": 0, "seed": cfg.seed, "name": name, "method": method, "source_images": ["dec_src", 0]}}
+        "micro_batch": 0, "seed": cfg.seed, "name": name, "method": method, "source_images": ["dec_src", 0],
+        "conditioning": ["zero", 0]}}  # the (zeroed) conditioning every sampler of this benchmark uses
     g["loss"] = {"class_type": "SaveImage", "inputs": {"images": ["train", 1], "filename_prefix": f"{name}_loss"}}
     return g
 
