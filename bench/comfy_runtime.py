@@ -43,7 +43,7 @@ def make_base_dir(base: Path) -> Path:
     return yaml
 
 
-def import_comfy(base: Path | None = None) -> None:
+def import_comfy(base: Path | None = None, cpu: bool = True) -> None:
     """Make the installed ComfyUI importable in this process, on the CPU (comfyui.md pitfall 4): call before
     anything imports comfy.model_management; with ``base``, also before anything imports folder_paths."""
     if str(COMFY) not in sys.path:
@@ -53,7 +53,7 @@ def import_comfy(base: Path | None = None) -> None:
     comfy.options.enable_args_parsing(False)
     from comfy.cli_args import args
 
-    args.cpu = True
+    args.cpu = cpu
     args.fp32_text_enc = True
     if base is not None:
         args.base_directory = str(base)
@@ -65,10 +65,10 @@ class InProcessComfy:
     """ComfyUI's own executor, in this process (comfyui.md §8.6). ``tiny_checkpoint=False`` skips building
     the tests' random checkpoint (callers then link their own into ``base/models/checkpoints``)."""
 
-    def __init__(self, base: Path, tiny_checkpoint: bool = True):
+    def __init__(self, base: Path, tiny_checkpoint: bool = True, cpu: bool = True):
         self.base = base
         yaml = make_base_dir(base)
-        import_comfy(base)
+        import_comfy(base, cpu=cpu)
         import folder_paths
 
         folder_paths.set_output_directory(str(base / "output"))

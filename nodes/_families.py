@@ -37,21 +37,31 @@ def is_qk_norm(name: str) -> bool:
     return bool(_QK.search(name))
 
 
-def probe_widths(root: torch.nn.Module, names: list[str], run: Callable[[], object]) -> dict[str, SiteSpec]:
+def probe_widths(root: torch.nn.Module, names: list[str], run: Callable[[], object],
+                 drop_constant: bool = False) -> dict[str, SiteSpec]:
     """Width and channel axis of each site from its output in one forward ``run()`` (no gradient):
-    outputs with 4 or more dims ([B, C, H, W], [B, C, T, H, W]) take axis 1, token outputs [B, T, C] the
-    last axis. Sites that did not run in that forward (e.g. unused experts) are left out, with a log line;
-    none running is an error."""
+    outputs with 4 or more dims ([B, C, H, W], [B, C, T, H, W]) take axis 1 unless the module's own 1-D
+    parameter spans the last axis, token outputs [B, T, C] the last axis. Sites that did not run in that
+    forward (e.g. unused experts) are left out, with a log line; none running is an error.
+
+    ``drop_constant``: ``run()`` feeds two different images at the same noise level; sites whose output is
+    the same for both (they see only the conditioning: Lumina2's context refiner, HunyuanVideo's token
+    refiner, the first text-stream norms of MMDiT blocks) are left out too. Their OT loss is zero at the
+    identity and any move raises it, while an optimiser that normalises its steps (Adam) still moves them:
+    on Lumina2 that alone made the loss rise."""
     modules = dict(root.named_modules())
     shapes: dict[str, torch.Size] = {}
+    constant: set[str] = set()
     handles = []
     for name in names:
         if name not in modules:
             raise NoMatchingSiteError(f"site {name!r} is not a module of {type(root).__name__}")
 
         def hook(_m, _a, out, name=name):
-            if torch.is_tensor(out):
-                shapes.setdefault(name, out.shape)
+            if torch.is_tensor(out) and name not in shapes:
+                shapes[name] = out.shape
+                if drop_constant and out.dim() >= 2 and out.shape[0] >= 2 and torch.equal(out[0], out[1]):
+                    constant.add(name)
 
         handles.append(modules[name].register_forward_hook(hook))
     try:
@@ -64,6 +74,10 @@ def probe_widths(root: torch.nn.Module, names: list[str], run: Callable[[], obje
     if silent:
         logger.info("%d of %d sites did not run in the probe forward and are left out: %s", len(silent),
                     len(names), silent[:5])
+    if constant and len(constant) < len(shapes):
+        logger.info("%d sites see only the conditioning (same output for every image) and are left out: %s",
+                    len(constant), sorted(constant)[:5])
+        shapes = {n: s for n, s in shapes.items() if n not in constant}
     if not shapes:
         raise NoMatchingSiteError(f"none of the {len(names)} sites ran in a forward of {type(root).__name__}")
     return {n: _spec(modules[n], s) for n in names if (s := shapes.get(n)) is not None}

@@ -72,8 +72,7 @@ def training_bytes_per_sample(dm: nn.Module, steering, forward: Callable[[Any], 
     """Bytes one training sample keeps for backward, measured with one forward of one sample (steering
     attached): everything autograd saves, or with checkpointing the blocks' inputs plus the largest block's
     recompute (each checkpointed block runs once with its graph, which is then dropped)."""
-    from ..lineas_engine import attach
-    from ..lineas_engine.train import slice_samples
+    from ..lineas_engine import attach, slice_samples
 
     stats = {"inputs": {}, "B": 0, "A_blk": 0, "resident": weight_storages(dm)}
     token = _measuring.set(stats)

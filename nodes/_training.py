@@ -132,7 +132,9 @@ def train_style(model, vae, target_images: torch.Tensor, source_images: torch.Te
 
         with trainable_weights(dm):  # no second copy of the weights; the originals are back afterwards
             sites = choose_sites(dm, preset, regex)
-            specs = probe_widths(dm, sites, lambda: forward(slice_samples(src, slice(0, 1))))
+            # two images at the same noise level: sites that see only the conditioning are left out of presets
+            specs = probe_widths(dm, sites, lambda: forward(slice_samples(src, slice(0, 2))),
+                                 drop_constant=PRESETS[preset] is not None)
             with inputs_copied(dm, list(specs)):
                 run_cfg = cfg
                 if get_method(method).iterative and not micro_batch:  # 0 = auto: free memory, one measured sample

@@ -119,3 +119,20 @@ def test_video_vae_encodes_each_image_as_its_own_one_frame_video(comfy):
     model = load_family("wan21", CACHE / "families").model
     lat = encode_images(vae, images, model)
     assert lat.shape[:3] == (3, 16, 1)
+
+
+def test_training_runs_under_the_input_models_wrappers(comfy, fam_dir):
+    """The training forward is sampling's: a model-function wrapper on the input MODEL (as ComfyUI nodes
+    add them) wraps every training forward, and the conds reach the model as sampling builds them."""
+    model, vae, cond = _load(fam_dir, "sd35")
+    seen = []
+
+    def wrapper(apply_model, args):
+        seen.append(sorted(args["c"]))
+        return apply_model(args["input"], args["timestep"], **args["c"])
+
+    wrapped = model.clone()
+    wrapped.set_model_unet_function_wrapper(wrapper)
+    _node(comfy, "LineasTrainStyle", **_train_inputs(wrapped, vae, cond, "wrapped", steps=1))
+    assert len(seen) >= 3  # probe, targets, the step, the evaluation
+    assert all("y" in c and "c_crossattn" in c for c in seen)  # SD3's pooled y, built by extra_conds
