@@ -15,7 +15,8 @@ from ..lineas_engine import NoMatchingSiteError, SiteSpec
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["default_resolution", "is_qk_norm", "probe_widths", "inputs_copied", "NATIVE_RESOLUTION"]
+__all__ = ["default_resolution", "is_qk_norm", "probe_widths", "inputs_copied", "plain_parameters_copied",
+           "NATIVE_RESOLUTION"]
 
 # ComfyUI model config class -> the resolution the released weights were trained at; anything else: 1024
 NATIVE_RESOLUTION = {"SD15": 512, "SD20": 768, "SD21UnclipL": 768, "SD21UnclipH": 768, "SD15_instructpix2pix": 512,
@@ -115,3 +116,26 @@ def inputs_copied(root: torch.nn.Module, names: list[str]):
     finally:
         for h in handles:
             h.remove()
+
+
+def plain_parameters_copied(patcher) -> int:
+    """On the training clone, object-patch every parameter of a plain (non comfy-op) module with a
+    non-inference copy of the original: loaders create weights under inference mode, comfy ops are reached by weight
+    wrappers (a fresh cast per forward), but plain modules such as Flux's / Lumina2's / HiDream's RMSNorm
+    (``.scale`` / ``.weight`` passed straight to ``rms_norm``) would hand autograd an inference tensor
+    ("Inference tensors cannot be saved for backward"). Object patches are applied at load and restored
+    from ComfyUI's shared backup at unload; the shared model is never changed. Returns how many."""
+    dm = patcher.get_model_object("diffusion_model")
+    n = 0
+    for mname, module in dm.named_modules():
+        if hasattr(module, "weight_function"):
+            continue
+        for pname, p in module.named_parameters(recurse=False):
+            key = f"diffusion_model.{mname}.{pname}" if mname else f"diffusion_model.{pname}"
+            # the live value may be another loaded clone's patch; ComfyUI's shared backup holds the original
+            orig = patcher.object_patches_backup.get(key, p)
+            patcher.add_object_patch(key, torch.nn.Parameter(orig.detach().clone(), requires_grad=False))
+            n += 1
+    if n:
+        logger.debug("%d plain-module parameters copied out of inference mode for training", n)
+    return n

@@ -27,7 +27,7 @@ from ..lineas_engine import (
     slice_samples,
 )
 from ._conditioning import check_conditioning, encode_images, run_in_sampling, training_compute_dtype
-from ._families import inputs_copied, is_qk_norm, probe_widths
+from ._families import inputs_copied, is_qk_norm, plain_parameters_copied, probe_widths
 from ._patcher import architecture_of
 from ._steering_ref import SteeringRef
 
@@ -121,6 +121,7 @@ def train_style(model, vae, target_images: torch.Tensor, source_images: torch.Te
     src = _noised_samples(model, encode_images(vae, source_images, model), percents, seed)
     tgt = _noised_samples(model, encode_images(vae, target_images, model), percents, seed + 1)
     patcher = _trainable_clone(model)
+    plain_parameters_copied(patcher)  # parameters of non comfy-op modules (e.g. DiT RMSNorms), on the clone
     train_dtype = training_compute_dtype(patcher)
     if train_dtype is not None:
         patcher.set_model_compute_dtype(train_dtype)
