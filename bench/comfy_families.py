@@ -229,7 +229,8 @@ def load_family(family: Family | str, folder: Path, weight_dtype: str = "default
     fam = FAMILIES[family] if isinstance(family, str) else family
     path = write_family(fam, folder, real_width, seed)
     record: dict = {}
-    with _build_config_after_detection(fam, fam.config(real_width), record):
+    # under inference mode, as ComfyUI's executor runs the UNETLoader node: the weights are inference tensors
+    with torch.inference_mode(), _build_config_after_detection(fam, fam.config(real_width), record):
         model = comfy.sd.load_diffusion_model(str(path), model_options=dict(WEIGHT_DTYPES[weight_dtype]))
     if type(model.model.model_config).__name__ != fam.config_class:
         raise RuntimeError(f"{path.name} loaded as {type(model.model.model_config).__name__}, not {fam.config_class}")

@@ -15,7 +15,8 @@ from ..lineas_engine import NoMatchingSiteError, SiteSpec
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["default_resolution", "is_qk_norm", "probe_widths", "inputs_copied", "NATIVE_RESOLUTION"]
+__all__ = ["default_resolution", "is_qk_norm", "probe_widths", "inputs_copied",
+           "NATIVE_RESOLUTION"]
 
 # ComfyUI model config class -> the resolution the released weights were trained at; anything else: 1024
 NATIVE_RESOLUTION = {"SD15": 512, "SD20": 768, "SD21UnclipL": 768, "SD21UnclipH": 768, "SD15_instructpix2pix": 512,

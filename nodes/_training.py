@@ -38,25 +38,6 @@ PRESETS = {"all norms": "norms", "ResNet norms": "resnet_norms", "transformer no
 NO_QK = ("all norms", "transformer norms")
 
 
-def _identity(weight):
-    return weight
-
-
-def _trainable_clone(model):
-    """A clone whose comfy-op weights are passed through an identity weight wrapper: ComfyUI then casts a
-    fresh (non-inference) copy for every forward, so autograd can save it for backward. The shared
-    weights are never replaced."""
-    m = model.clone()
-    dm = m.get_model_object("diffusion_model")
-    for name, module in dm.named_modules():
-        if not hasattr(module, "weight_function"):
-            continue
-        for kind in ("weight", "bias"):
-            if getattr(module, kind, None) is not None:
-                m.add_weight_wrapper(f"diffusion_model.{name}.{kind}", _identity)
-    return m
-
-
 def choose_sites(dm, preset: str, regex: str) -> list[str]:
     """Module names for a preset (norm layers found by type; "all norms" leaves DiT QK norms out, see
     PRESETS) filtered by ``regex``, or the regex alone for "custom regex"."""
