@@ -46,8 +46,8 @@ def _engine():
 
 def _helpers():
     p, eng = _pack(), _engine()
-    return (lambda dm: p.nodes._training.choose_sites(dm, "all norms", ""), p.nodes._families.probe_widths,
-            eng.Steering, eng.attach, p.nodes._memory.checkpoint_units, p.nodes._families.inputs_copied)
+    return (lambda dm: p.nodes.api.choose_sites(dm, "all norms", ""), p.nodes.api.probe_widths,
+            eng.Steering, eng.attach, p.nodes.api.checkpoint_units, p.nodes.api.inputs_copied)
 
 
 def timeit(fn, repeats: int) -> list[float]:
@@ -91,7 +91,7 @@ def time_family(name: str, folder: Path, args, device) -> dict:
     src = {"x": torch.randn(args.batch, *shape, generator=g) * sigma, "sigma": torch.full((args.batch,), sigma)}
     tgt = {"x": torch.randn(args.batch, *shape, generator=g) * sigma + 0.3, "sigma": src["sigma"].clone()}
     row: dict = {"family": name, "class": fam.config_class}
-    mem = p.nodes._memory
+    mem = p.nodes.api
 
     def body(model_call, base):
         dm = base.diffusion_model
@@ -100,12 +100,12 @@ def time_family(name: str, folder: Path, args, device) -> dict:
             return model_call(b["x"].to(device), b["sigma"].to(device))
 
         with mem.trainable_weights(dm):
-            sites = p.nodes._training.choose_sites(dm, "all norms", "")
-            specs = p.nodes._families.probe_widths(dm, sites, lambda: forward(eng.slice_samples(src, slice(0, 1))))
+            sites = p.nodes.api.choose_sites(dm, "all norms", "")
+            specs = p.nodes.api.probe_widths(dm, sites, lambda: forward(eng.slice_samples(src, slice(0, 1))))
             steering = eng.Steering(specs).to(device)
             row.update(sites=len(specs), steering_params=steering.num_parameters(),
                        model_params=sum(q.numel() for q in dm.parameters()))
-            with p.nodes._families.inputs_copied(dm, list(specs)):
+            with p.nodes.api.inputs_copied(dm, list(specs)):
                 row["saved_bytes_per_sample"] = mem.training_bytes_per_sample(dm, steering, forward, src)
                 cfg = eng.TrainConfig(steps=1, batch_size=args.batch, mask_key=None, optimizer="adamw", lr=1e-2)
                 warm = eng.fit(dm, steering, forward, src, tgt, config=cfg)
@@ -140,10 +140,10 @@ def time_family(name: str, folder: Path, args, device) -> dict:
         clone = model.clone()
         if args.checkpointing:  # the training step with per-block checkpointing (bare fwd+bwd without)
             mem.add_checkpointing(clone)
-        steering = p.nodes._conditioning.run_in_sampling(clone, cond, (1,) + shape, body, seed=0)
-    ref = _engine().SteeringRecord(steering, fingerprint={"architecture": p.nodes._patcher.architecture_of(model)})
-    hooked, _ = p.nodes._patcher.apply_steering_report(model, ref, 1.0, mode="hooks")
-    folded, report = p.nodes._patcher.apply_steering_report(model, ref, 1.0, mode="fold")
+        steering = p.nodes.api.run_in_sampling(clone, cond, (1,) + shape, body, seed=0)
+    ref = _engine().SteeringRecord(steering, fingerprint={"architecture": p.nodes.api.architecture_of(model)})
+    hooked, _ = p.nodes.api.apply_steering_report(model, ref, 1.0, mode="hooks")
+    folded, report = p.nodes.api.apply_steering_report(model, ref, 1.0, mode="fold")
     row["fold_report"] = report.splitlines()[0]
     latent = {"samples": torch.zeros(1, *shape)}
 
@@ -178,7 +178,7 @@ MEMORY_CASES = [  # family, weight dtype, compute dtype the node trains in (node
 def memory_rows(res: int, gpu_gib: float, batch: int) -> list[dict]:
     from bench import comfy_memory as cm
 
-    mem = _pack().nodes._memory
+    mem = _pack().nodes.api
     rows = []
     for fam, wd, cd, what in MEMORY_CASES:
         t0 = time.perf_counter()
@@ -210,7 +210,7 @@ def meta_check(folder: Path) -> dict:
     loaded = load_family(fam, folder, weight_dtype="fp32")
     mm.load_models_gpu([loaded.model])
     dm = loaded.model.get_model_object("diffusion_model")
-    mem = _pack().nodes._memory
+    mem = _pack().nodes.api
     with torch.inference_mode(False), mem.trainable_weights(dm):
         real = cm.count(spec, (4, 8), torch.float32, torch.float32, 256, _helpers(), "sdxl-reduced",
                         base=loaded.model.model, device="cpu")

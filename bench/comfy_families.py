@@ -288,19 +288,18 @@ def main() -> None:
     ap.add_argument("families", nargs="*", default=list(FAMILIES))
     a = ap.parse_args()
     InProcessComfy(Path(tempfile.mkdtemp(prefix="lineas-fam-")), tiny_checkpoint=False)
-    training = importlib.import_module(next(m for m in sys.modules if m.endswith("nodes._training") and "lineas" in m))
-    families = importlib.import_module(next(m for m in sys.modules if m.endswith("nodes._families") and "lineas" in m))
+    api = importlib.import_module(next(m for m in sys.modules if m.endswith("nodes.api") and "lineas" in m))
     print("| family | ComfyUI class | params (M) | detection overrides | default sites | channels | QK norms | 2 train steps incl. set-up (s) |")
     print("|---|---|---|---|---|---|---|---|")
     for name in a.families:
         lf = load_family(name, CACHE / "families", "fp32", real_width=a.real_width)
         dm = lf.model.model.diffusion_model
         params = sum(p.numel() for p in dm.parameters()) / 1e6
-        qk = sum(1 for n, m in dm.named_modules() if n and families.is_qk_norm(n) and not list(m.children()))
+        qk = sum(1 for n, m in dm.named_modules() if n and api.is_qk_norm(n) and not list(m.children()))
         imgs = torch.rand(4, 64, 64, 3, generator=torch.Generator().manual_seed(0))
         t0 = time.perf_counter()
         with torch.inference_mode(False), torch.enable_grad():
-            ref, res = training.train_style(lf.model, make_vae(lf.family.latent_channels), imgs[:2], imgs[2:],
+            ref, res = api.train_style(lf.model, make_vae(lf.family.latent_channels), imgs[:2], imgs[2:],
                                             make_conditioning(lf.family), steps=2, lr=0.01, optimizer="adamw",
                                             sparsity=0.0, preset="all norms", regex="", noise_start=0.0,
                                             noise_end=1.0, levels=2, batch_size=4, micro_batch=0, seed=0)

@@ -1,6 +1,7 @@
 """ComfyUI nodes of the LinEAS pack (V3 schema). Importing this module needs ComfyUI; the repo's
 top-level __init__.py imports it only from ComfyUI's entry point."""
 
+from . import api  # noqa: F401  (the pack's Python surface for tools, nodes/api.py)
 from .apply import LineasApply
 from .combine import LineasCombine
 from .inspect_node import LineasInspect
