@@ -236,7 +236,8 @@ def cmd_train(a) -> int:
 
     rec = get_recipe(a.recipe)
     cfg = TrainConfig(steps=rec.steps if a.steps is None else a.steps, lr=rec.lr if a.lr is None else a.lr,
-                      optimizer=a.optimizer or rec.optimizer, batch_size=a.batch_size or rec.batch_size,
+                      optimizer=a.optimizer or rec.optimizer,
+                      batch_size=rec.batch_size if a.batch_size is None else a.batch_size,
                       gamma=a.sparsity, seed=a.seed, patience=a.patience)
     if a.source:
         source = read_texts(a.source, a.source_field, a.source_where, what="--source")

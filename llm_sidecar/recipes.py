@@ -27,8 +27,9 @@ class Recipe:
 # trains in about 5 min alone and under 15 min on shared cores; `paper` is 10x that.
 RECIPES: dict[str, Recipe] = {
     "fast": Recipe("adam", 0.0075, 100, 32,
-                   "about 5 min of training for a 135M model on 2 free CPU cores (2.8 s/step measured); "
-                   "Adam reaches the OT loss of the paper's 1000 SGD steps"),
+                   "about 5 min of training for a 135M model on 2 free CPU cores (2.8 s/step measured on raw "
+                   "text; the chat template about doubles the tokens); Adam reaches the OT loss of the paper's "
+                   "1000 SGD steps"),
     "paper": Recipe("sgd", 0.1, 1000, 32,
                     "the paper's GPU recipe (cosine schedule): 10x the steps, about 1.5 h for a 135M model on "
                     "2 CPU cores"),
