@@ -112,13 +112,9 @@ def run_demo(*, model: str = "smollm2", n: int = 32, steps: int = 100, eval_prom
 def demo_folder(out: str | None) -> Path:
     """``--out`` (a new or empty folder), else the first free ``./lineas-demo[-N]`` in the current directory."""
     if out:
-        p = Path(out)
-        if p.exists() and (not p.is_dir() or any(p.iterdir())):
-            raise LineasError(f"demo --out {out!r} exists and is not an empty folder; choose a new folder")
-        parent = p.parent if str(p.parent) else Path(".")
-        if not parent.is_dir() or not os.access(parent, os.W_OK):
-            raise LineasError(f"cannot write demo --out {out!r}: {str(parent)!r} is not a writable folder")
-        return p
+        from .validate import check_export_dir
+
+        return check_export_dir(out, "demo --out")
     if not os.access(".", os.W_OK):
         raise LineasError("the current directory is not writable; give demo --out DIR")
     for k in range(1000):

@@ -15,7 +15,6 @@ import os
 import re
 import secrets
 import shutil
-from pathlib import Path
 
 import torch
 
@@ -59,12 +58,10 @@ def export_folded(lm: LoadedModel, steering: Steering, out_dir: str | os.PathLik
     and return a report with the max |logit| difference between the export and the hooked steering."""
     from transformers import AutoModelForCausalLM
 
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
-        raise LineasError(f"--out {str(out)!r} exists and is not empty; choose a new folder")
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise LineasError(f"cannot write --out {str(out)!r}: {str(parent)!r} is not a writable folder")
+    from .validate import check_export_dir
+
+    out = check_export_dir(str(out_dir))
+    parent = out.parent
     model = lm.model
     steer = steering.at_strength(strength)
     scale, shifts = _split(steer)

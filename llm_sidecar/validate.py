@@ -126,10 +126,16 @@ def check_out_file(path: str, force: bool = False, flag: str = "--out") -> Path:
         raise LineasError(f"{flag} {path!r} is {_kind(st)}; refusing to replace it: give a new file name")
     if st is not None and not force:
         raise LineasError(f"{flag} {path!r} already exists; choose a new name, or pass --force to replace it")
-    parent = p.parent if str(p.parent) else Path(".")
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise LineasError(f"cannot write {flag} {path!r}: folder {str(parent)!r} does not exist or is not writable")
+    writable_parent(p, flag)
     return p
+
+
+def writable_parent(path: Path, flag: str) -> None:
+    """The folder that will hold ``path`` exists and is writable (else one line naming both)."""
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise LineasError(f"cannot write {flag} {str(path)!r}: folder {str(parent)!r} does not exist or is not "
+                          "writable")
 
 
 REPORT_FILES = ("results.json", "results.md", "toxicity_vs_perplexity.png")
@@ -162,21 +168,20 @@ def check_report_dir(path: str, force: bool = False) -> Path:
     return d
 
 
-def check_export_dir(path: str) -> Path:
-    """``export --out``: a new folder, or an existing empty one (never a file, a symlink or a full folder)."""
+def check_export_dir(path: str, flag: str = "--out") -> Path:
+    """``export --out`` / ``demo --out``: a new folder, or an existing empty one (never a file, a symlink or a
+    full folder), in a writable folder."""
     if not path or not path.strip():
-        raise LineasError("--out is empty; give a new folder name such as detox-model/")
+        raise LineasError(f"{flag} is empty; give a new folder name such as detox-model/")
     p = Path(path).expanduser()
     if p.is_symlink():
-        raise LineasError(f"--out {path!r} is a symbolic link; give a new folder (the real path)")
+        raise LineasError(f"{flag} {path!r} is a symbolic link; give a new folder (the real path)")
     if p.exists():
         if not p.is_dir():
-            raise LineasError(f"--out {path!r} exists and is not a folder; choose a new folder name")
+            raise LineasError(f"{flag} {path!r} exists and is not a folder; choose a new folder name")
         if any(p.iterdir()):
-            raise LineasError(f"--out {path!r} exists and is not empty; choose a new folder")
-    parent = p.parent if str(p.parent) else Path(".")
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise LineasError(f"cannot write --out {path!r}: {str(parent)!r} is not a writable folder")
+            raise LineasError(f"{flag} {path!r} exists and is not an empty folder; choose a new folder")
+    writable_parent(p, flag)
     return p
 
 
