@@ -15,15 +15,7 @@ texts = _sidecar.texts
 @pytest.fixture(scope="session")
 def tiny_llama3_dir(tmp_path_factory):
     """Like ``tiny_llama_dir`` (same width, same sites 0 and 1) but with 3 layers."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(1)
-    tok = _tokenizer()
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                      pad_token_id=0, eos_token_id=1, bos_token_id=3)
-    return _save(LlamaForCausalLM(cfg).eval(), tok, tmp_path_factory.mktemp("tiny-llama3"))
+    return _sidecar.tiny_llama_folder(tmp_path_factory.mktemp("tiny-llama3"), layers=3, seed=1)
 
 
 @pytest.fixture(scope="session")

@@ -33,17 +33,22 @@ def _save(model, tok, path):
     return str(path)
 
 
-@pytest.fixture(scope="session")
-def tiny_llama_dir(tmp_path_factory):
+def tiny_llama_folder(path, layers: int = 2, seed: int = 0) -> str:
+    """A tiny random Llama (width 32) with the word-level tokenizer, saved as a Hugging Face folder."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     tok = _tokenizer()
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
                       pad_token_id=0, eos_token_id=1, bos_token_id=3)
-    return _save(LlamaForCausalLM(cfg).eval(), tok, tmp_path_factory.mktemp("tiny-llama"))
+    return _save(LlamaForCausalLM(cfg).eval(), tok, path)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory):
+    return tiny_llama_folder(tmp_path_factory.mktemp("tiny-llama"))
 
 
 @pytest.fixture(scope="session")
