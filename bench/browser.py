@@ -8,6 +8,7 @@ Used by tests/nodes/test_browser.py and to make the template screenshots:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import tempfile
@@ -188,18 +189,14 @@ def wait_history(server, before: set, timeout: float = 600) -> dict:
     raise TimeoutError("the prompt queued by the Run button did not finish")
 
 
-def shots(out_docs: Path = REPO / "docs" / "templates", out_thumbs: Path = REPO / "workflows") -> None:
+@contextlib.contextmanager
+def running_frontend(base: Path, chromium: str):
+    """The real ComfyUI server on ``base`` (see :func:`prepare_server_base`) and its frontend open in
+    headless chromium; both stopped on exit."""
     import sys
 
-    from PIL import Image
-
     from bench.comfy_runtime import ComfyServer
-    from bench.templates import TEMPLATES
 
-    ok, chromium = browser_available()
-    if not ok:
-        raise SystemExit(chromium)
-    base = Path(tempfile.mkdtemp(prefix="lineas-shots-"))
     prepare_server_base(base)
     server = ComfyServer(base, python=sys.executable)
     fe = None
@@ -207,6 +204,22 @@ def shots(out_docs: Path = REPO / "docs" / "templates", out_thumbs: Path = REPO 
         server.wait_ready()
         fe = Frontend(server.url, chromium)
         fe.open()
+        yield server, fe
+    finally:
+        if fe is not None:
+            fe.close()
+        server.stop()
+
+
+def shots(out_docs: Path = REPO / "docs" / "templates", out_thumbs: Path = REPO / "workflows") -> None:
+    from PIL import Image
+
+    from bench.templates import TEMPLATES
+
+    ok, chromium = browser_available()
+    if not ok:
+        raise SystemExit(chromium)
+    with running_frontend(Path(tempfile.mkdtemp(prefix="lineas-shots-")), chromium) as (_, fe):
         for name in TEMPLATES:
             fe.load_template(name)
             fe.page.wait_for_timeout(500)
@@ -222,10 +235,6 @@ def shots(out_docs: Path = REPO / "docs" / "templates", out_thumbs: Path = REPO 
         with Image.open(help_shot) as im:
             im.convert("RGB").crop((0, 0, 800, 1000)).save(help_shot, quality=70)
         print(f"node help panel -> {help_shot}")
-    finally:
-        if fe:
-            fe.close()
-        server.stop()
 
 
 if __name__ == "__main__":

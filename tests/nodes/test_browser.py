@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 
-from bench.browser import TINY, Frontend, browser_available, prepare_server_base, wait_history
-from bench.comfy_runtime import ComfyServer, comfy_available
+from bench.browser import TINY, browser_available, running_frontend, wait_history
+from bench.comfy_runtime import comfy_available
 from bench.templates import TEMPLATES
 
 pytestmark = [pytest.mark.comfy, pytest.mark.slow_server]
@@ -30,19 +29,8 @@ def frontend(tmp_path_factory):
         pytest.skip(why)
     if not _BROWSER:
         pytest.skip(_CHROMIUM)
-    base = tmp_path_factory.mktemp("browser-base")
-    prepare_server_base(base)
-    server = ComfyServer(base, python=sys.executable)
-    fe = None
-    try:
-        server.wait_ready()
-        fe = Frontend(server.url, _CHROMIUM)
-        fe.open()
+    with running_frontend(tmp_path_factory.mktemp("browser-base"), _CHROMIUM) as (server, fe):
         yield server, fe
-    finally:
-        if fe is not None:
-            fe.close()
-        server.stop()
 
 
 def test_templates_are_offered_with_thumbnails(frontend):
