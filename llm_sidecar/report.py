@@ -53,6 +53,9 @@ def _plot(rows: Sequence[StrengthResult], path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+REPORT_FILES = {"json": "results.json", "md": "results.md", "png": "toxicity_vs_perplexity.png"}
+
+
 def write_report(out_dir: str | os.PathLike, rows: Sequence[StrengthResult], meta: dict) -> dict[str, Path]:
     """Write ``results.json``, ``results.md`` and ``toxicity_vs_perplexity.png`` into ``out_dir``."""
     d = Path(out_dir)
@@ -64,7 +67,7 @@ def write_report(out_dir: str | os.PathLike, rows: Sequence[StrengthResult], met
         ) from None
     if not os.access(d, os.W_OK):
         raise LineasError(f"report folder {str(d)!r} is not writable; choose another --report")
-    paths = {"json": d / "results.json", "md": d / "results.md", "png": d / "toxicity_vs_perplexity.png"}
+    paths = {k: d / name for k, name in REPORT_FILES.items()}
     payload = {"meta": meta, "results": [r.to_dict() for r in rows]}
     atomic_write_bytes(paths["json"], json.dumps(payload, indent=2).encode())
     md = f"# LinEAS evaluation\n\n{_meta_lines(meta)}\n{markdown_table(rows)}"

@@ -138,7 +138,6 @@ def writable_parent(path: Path, flag: str) -> None:
                           "writable")
 
 
-REPORT_FILES = ("results.json", "results.md", "toxicity_vs_perplexity.png")
 
 
 def check_report_dir(path: str, force: bool = False) -> Path:
@@ -157,7 +156,9 @@ def check_report_dir(path: str, force: bool = False) -> Path:
                           "choose another --report")
     if not d.is_dir():
         return d
-    for name in REPORT_FILES:
+    from .report import REPORT_FILES
+
+    for name in REPORT_FILES.values():
         f = d / name
         if os.path.lexists(f):
             if f.is_symlink() or not f.is_file():
