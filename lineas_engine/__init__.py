@@ -24,7 +24,7 @@ from .files import (
     save_steering,
 )
 from .fold import FoldReport, fold_, folded_parameters
-from .hooks import Recorder, SteeringHandle, StopForward, attach, run_until_sites, steered
+from .hooks import Recorder, SteeringHandle, StopForward, attach, is_recomputing, recomputing, run_until_sites, steered
 from .layerwise import affine_ot_fit, fit_layerwise
 from .loop import fit
 from .losses import ot_loss, wasserstein_1d_sq
@@ -34,6 +34,7 @@ from .paths import cache_root
 from .pooling import pool
 from .record import SteeringRecord, load_record, save_record
 from .recording import evaluate_loss, forward_recorded, frozen, grouped_loss, record_activations
+from .rescue import save_or_rescue
 from .samples import minibatches, num_samples, sample_groups, slice_samples
 from .sites import PRESETS, SiteSpec, find_sites, is_norm, probe_site_specs, register_preset, site_specs
 from .steering import Steering, site_key
@@ -46,7 +47,8 @@ __all__ = [
     "NonFiniteLossError",
     "SiteSpec", "PRESETS", "register_preset", "is_norm", "find_sites", "site_specs", "probe_site_specs",
     "Steering", "site_key",
-    "attach", "steered", "Recorder", "SteeringHandle", "StopForward", "run_until_sites",
+    "attach", "steered", "Recorder", "SteeringHandle", "StopForward", "run_until_sites", "recomputing",
+    "is_recomputing",
     "pool", "wasserstein_1d_sq", "ot_loss",
     "make_optimizer", "cosine_schedule", "prox_sparse_group_lasso_", "soft_threshold",
     "TrainConfig", "TrainResult", "Forward", "OnStep",
@@ -57,5 +59,5 @@ __all__ = [
     "FoldReport", "folded_parameters", "fold_",
     "FORMAT_VERSION", "SteeringMeta", "save_steering", "load_steering", "model_fingerprint",
     "check_compatible", "atomic_write_bytes",
-    "SteeringRecord", "save_record", "load_record", "cache_root",
+    "SteeringRecord", "save_record", "load_record", "save_or_rescue", "cache_root",
 ]

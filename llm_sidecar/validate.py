@@ -1,6 +1,7 @@
 """Up-front checks for `lineas-llm`: every numeric argument before anything is loaded, output paths
 before any work (never replace a file that is not asked for, never a device node, a FIFO, a folder or a
-symlink), trained maps before they are saved, and a safe place for a trained result whose save failed."""
+symlink) and trained maps before they are saved (a failed save is rescued by the engine's
+``save_or_rescue``, re-exported here)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,10 @@ import logging
 import math
 import os
 import stat
-import time
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Sequence
 
-from lineas_engine import LineasError
+from lineas_engine import LineasError, save_or_rescue
 
 __all__ = [
     "MAX_STRENGTH",
@@ -220,42 +220,3 @@ def hashes_of(meta, key: str, path: str) -> list[str]:
         raise LineasError(f"steering {path!r}: extra.{key} is not a list of hashes ({type(v).__name__}); "
                           "the file is corrupt or was edited: retrain or use an intact copy")
     return v
-
-
-def _rescue_dirs() -> Iterable[Path]:
-    from .models import cache_root
-
-    yield cache_root() / "unsaved"
-    import tempfile
-
-    yield Path(tempfile.gettempdir())
-
-
-def save_or_rescue(save: Callable[[Path], object], out: Path, what: str = "the trained steering") -> Path:
-    """``save(out)``; when that fails (disk full, the name taken meanwhile, a vanished folder...), save to a
-    safe place instead and raise one line naming both, so that hours of training are never lost."""
-    try:
-        save(out)
-        return out
-    except FileExistsError:
-        reason = "it was created by someone else meanwhile (not replaced)"
-    except OSError as e:
-        reason = e.strerror or str(e)
-    except LineasError as e:
-        if "diverged" in str(e) or "NaN" in str(e):
-            raise
-        reason = str(e)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    tried = []
-    for d in _rescue_dirs():
-        spot = d / f"{out.stem}-{stamp}-{os.getpid()}{out.suffix or '.safetensors'}"
-        try:
-            d.mkdir(parents=True, exist_ok=True)
-            save(spot)
-        except (OSError, LineasError) as e:
-            tried.append(f"{spot} ({getattr(e, 'strerror', None) or e})")
-            continue
-        raise LineasError(f"cannot write {str(out)!r}: {reason}; {what} was kept at {spot}: move it where you "
-                          "want it")
-    raise LineasError(f"cannot write {str(out)!r}: {reason}; keeping {what} elsewhere failed too: "
-                      + "; ".join(tried))

@@ -8,7 +8,7 @@ import os
 import re
 from pathlib import Path
 
-from ..lineas_engine import LineasError, SteeringRecord, load_record, save_record
+from ..lineas_engine import LineasError, SteeringRecord, load_record, save_or_rescue, save_record
 
 FOLDER = "lineas"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_. -]{0,100}")
@@ -51,11 +51,19 @@ def check_name(name: str) -> str:
 
 def save_ref(ref: SteeringRecord, name: str) -> Path:
     """Save into output/lineas/<name>_NNNNN.safetensors (never overwrites, also under concurrent saves of
-    the same name: the final step is an exclusive link, and a taken number moves on to the next; atomic)."""
+    the same name: the final step is an exclusive link, and a taken number moves on to the next; atomic).
+    When that fails (disk full, a read-only output folder...), the steering is kept in
+    ``$LINEAS_CACHE/unsaved/`` and the error says where: a long training is never lost to a failed save."""
     import folder_paths
 
     name = check_name(name)
     out_dir = Path(folder_paths.get_output_directory()) / FOLDER
+    named = dataclasses.replace(ref, name=name)
+    return save_or_rescue(lambda _: _save_numbered(named, name, out_dir), out_dir / f"{name}.safetensors",
+                          rescue=lambda spot: save_record(spot, named, overwrite=False))
+
+
+def _save_numbered(ref: SteeringRecord, name: str, out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     existing = {p.name for p in out_dir.iterdir()}
     counter = 1
@@ -66,7 +74,7 @@ def save_ref(ref: SteeringRecord, name: str) -> Path:
         if path.resolve().parent != out_dir.resolve():
             raise LineasError(f"steering name {name!r} would leave the output folder")
         try:
-            save_record(path, dataclasses.replace(ref, name=name), overwrite=False)
+            save_record(path, ref, overwrite=False)
             return path
         except FileExistsError:  # another save took this number meanwhile
             counter += 1

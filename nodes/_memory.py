@@ -15,7 +15,7 @@ with a real reserve, the micro-batch from free memory, and per-block gradient ch
   fits that into the free memory.
 - Checkpointing. :func:`add_checkpointing` object-patches (on the clone, restored by ComfyUI's unpatch) the
   ``forward`` of each block with ``torch.utils.checkpoint`` (non-reentrant). The engine's forward hooks of
-  the block's modules are re-installed for the recompute pass under ``lineas_engine.hooks.recomputing()``,
+  the block's modules are re-installed for the recompute pass under ``lineas_engine.recomputing()``,
   so the steering acts there too and recorders do not record twice.
 """
 
@@ -30,8 +30,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..lineas_engine import LineasError
-from ..lineas_engine.hooks import recomputing
+from ..lineas_engine import LineasError, recomputing
 
 __all__ = ["CHECKPOINTING", "prepare_training", "auto_micro_batch", "training_bytes_per_sample", "add_checkpointing",
            "checkpoint_units", "load_for_training", "check_loaded", "trainable_weights", "casts_weights_per_forward",

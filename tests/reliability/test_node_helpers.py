@@ -6,6 +6,7 @@ from __future__ import annotations
 import struct
 import threading
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -119,6 +120,27 @@ def output_dir(pack, tmp_path):
         yield tmp_path
     finally:
         folder_paths.set_output_directory(before)
+
+
+def test_a_failed_node_save_keeps_the_trained_steering(pack, output_dir, tmp_path, monkeypatch):
+    """The output folder cannot be made (a file named like it): the node's save does not lose the training,
+    it keeps the steering in $LINEAS_CACHE/unsaved/ and its one-line error says where."""
+    from lineas_engine import SiteSpec, Steering, SteeringRecord, load_record
+
+    monkeypatch.setenv("LINEAS_CACHE", str(tmp_path / "cache"))
+    (output_dir / "lineas").write_bytes(b"not a folder")
+    s = Steering({"a": SiteSpec(4)})
+    with torch.no_grad():
+        s.bias("a").fill_(0.5)
+    with pytest.raises(pack.lineas_engine.LineasError, match="kept at") as e:
+        pack.nodes._files.save_ref(SteeringRecord(s, fingerprint={"architecture": "Toy"}), "kept")
+    msg = str(e.value)
+    assert "\n" not in msg and "already exists (not replaced)" in msg
+    kept = Path(msg.split("kept at ")[1].split(": move")[0])
+    assert kept.parent == tmp_path / "cache" / "unsaved" and kept.name.startswith("kept-")
+    rec = load_record(kept)
+    assert rec.name == "kept" and rec.steering.bias("a").tolist() == [0.5] * 4
+    assert (output_dir / "lineas").read_bytes() == b"not a folder"
 
 
 def test_eight_simultaneous_saves_of_one_name_keep_eight_files(pack, output_dir):
