@@ -1,30 +1,68 @@
-"""Utility-budget calibration: the bisection against its closed form, and `train --calibrate-on` on a tiny
-real Llama (the saved map is exactly the trained map at the calibrated strength, and meets the budget)."""
+"""Utility-budget calibration: the strength search against closed-form curves, and `train
+--calibrate-on` on a tiny real Llama (the saved map is exactly the trained map at the calibrated strength, and
+meets the budget)."""
+
+import math
 
 import pytest
 import torch
 
-from llm_sidecar.calibrate import bisect_strength
+from llm_sidecar.calibrate import search_strength
 from llm_sidecar.cli import main
 
 from .test_cli import _train
 
+CURVES = {  # relative perplexity rise as a function of the strength: smooth, steep, kinked, flat then steep
+    "square": lambda s: 0.334 * s**2,
+    "cube": lambda s: 2.0 * s**3,
+    "linear": lambda s: 0.4 * s,
+    "exp": lambda s: math.expm1(4 * s) / 10,
+    "kink": lambda s: 0.01 * s if s < 0.6 else 0.006 + 5 * (s - 0.6),
+    "sqrt": lambda s: 0.9 * math.sqrt(s),
+}
 
-@pytest.mark.parametrize("threshold", [0.0, 0.013, 0.37, 0.999])
-def test_bisection_finds_the_largest_feasible_strength(threshold):
-    calls = []
 
-    def ok(lam):
+@pytest.mark.parametrize("curve", sorted(CURVES))
+@pytest.mark.parametrize("budget", [0.05, 0.1])
+def test_strength_search_meets_the_budget_tightly_in_few_evaluations(curve, budget):
+    f, calls = CURVES[curve], []
+
+    def increase(lam):
         calls.append(lam)
-        return lam <= threshold
+        return f(lam)
 
-    lam = bisect_strength(ok, iterations=7)
-    assert lam <= threshold < lam + 2**-7
-    assert len(calls) == 8  # strength 1, then one call per halving
+    lam = search_strength(increase, budget)
+    assert f(lam) <= budget  # feasible
+    assert f(lam) >= 0.95 * budget or f(lam + 2**-6) > budget  # and tight: close to the budget, or to the edge
+    assert len(calls) <= 12  # max_evals: the kinked curve needs them all
+    if curve in ("square", "cube", "linear", "sqrt"):  # exact power laws: the fit lands at once
+        assert len(calls) <= 3, calls
 
 
-def test_bisection_keeps_full_strength_when_it_fits():
-    assert bisect_strength(lambda lam: True) == 1.0
+def test_strength_search_on_the_measured_curve_needs_three_evaluations():
+    """The calibration of the default run (docs/results/llm_issue14.md): +33.4 % at 1, +8.6 % at 0.5,
+    +18.4 % at 0.75, +13.0 % at 0.625: a power law through those (p about 1.9) needs strength 1 and two
+    guesses, where bisection needed 7 evaluations."""
+    pts = [(0.5, 0.086), (0.625, 0.130), (0.75, 0.184), (1.0, 0.334)]
+
+    def f(s):  # piecewise power law through the measured points
+        prev = (0.0, 0.0)
+        for x, y in pts:
+            if s <= x:
+                if prev[0] == 0:
+                    return y * (s / x) ** 2
+                p = math.log(y / prev[1]) / math.log(x / prev[0])
+                return prev[1] * (s / prev[0]) ** p
+            prev = (x, y)
+        return pts[-1][1]
+
+    calls = []
+    lam = search_strength(lambda s: calls.append(s) or f(s), 0.1)
+    assert 0.95 * 0.1 <= f(lam) <= 0.1 and len(calls) <= 4, calls
+
+
+def test_strength_search_keeps_full_strength_when_it_fits():
+    assert search_strength(lambda lam: 0.01 * lam, 0.1) == 1.0
 
 
 def test_train_calibrate_on_saves_the_map_at_the_calibrated_strength(tiny_llama_dir, texts, capsys):
@@ -57,7 +95,7 @@ def test_train_calibrate_on_saves_the_map_at_the_calibrated_strength(tiny_llama_
 
 def test_calibration_with_a_binding_budget(tiny_llama_dir, texts):
     """A map that sharpens the logits (x31 on the final norm) raises perplexity steeply and monotonically:
-    the calibrated strength meets the budget, and the strength one bisection step above it does not."""
+    the calibrated strength meets the budget, and is within 5 % of it or 2**-6 below a strength that does not."""
     from lineas_engine import Steering, site_specs
     from llm_sidecar.calibrate import calibrate_strength
     from llm_sidecar.data import read_texts
@@ -69,11 +107,11 @@ def test_calibration_with_a_binding_budget(tiny_llama_dir, texts):
     steering = Steering(site_specs(lm.model, ["model.norm"]))
     with torch.no_grad():
         steering.weight("model.norm").fill_(31.0)
-    cal = calibrate_strength(lm, steering, neutral, max_increase=0.5, iterations=6)
-    assert 0 < cal.strength < 1 and len(cal.evaluations) == 7
+    cal = calibrate_strength(lm, steering, neutral, max_increase=0.5)
+    assert 0 < cal.strength < 1 and 2 <= len(cal.evaluations) <= 10
     assert cal.perplexity <= cal.base_perplexity * 1.5
     above = perplexity(lm, neutral, steering=steering, strength=cal.strength + 2**-6, show_progress=False)
-    assert above > cal.base_perplexity * 1.5
+    assert cal.perplexity >= cal.base_perplexity * (1 + 0.95 * 0.5) or above > cal.base_perplexity * 1.5
 
 
 def test_calibrate_bad_budget_is_one_line_and_writes_nothing(tiny_llama_dir, texts, capsys):
