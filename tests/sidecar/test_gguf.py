@@ -9,7 +9,9 @@ gguf-py); point LLAMA_CPP_CONVERT at it:
 
 The steered SmolLM2 folder (Llama architecture with MLP biases) converts to a GGUF whose tensors are the
 folded weights, the shifts included as ffn_gate / ffn_up biases (which llama.cpp's llama graph reads as
-optional tensors). Running it needs a llama.cpp build, which this test does not do."""
+optional tensors). The second test runs that GGUF in llama.cpp itself (the `llama_cpp` runtime, built from the same
+sdist: `CMAKE_ARGS="-DGGML_OPENMP=OFF" pip install llama_cpp_python-0.3.36.tar.gz`, a C++ build of about 15 min on
+2 cores) and compares its greedy tokens and logits with the hooked model's."""
 
 import os
 import subprocess
@@ -22,12 +24,16 @@ import torch
 pytestmark = pytest.mark.slow
 
 
-def test_exported_model_converts_to_gguf_with_its_folded_shifts(tmp_path):
+def _converter() -> str:
     conv = os.environ.get("LLAMA_CPP_CONVERT")
     if not conv or not os.path.isfile(conv):
         pytest.skip("set LLAMA_CPP_CONVERT to llama.cpp's convert_hf_to_gguf.py (see this file's docstring)")
-    from safetensors.torch import load_file
+    return conv
 
+
+def _steered_gguf(tmp_path, conv: str):
+    """SmolLM2 with a random steering on every default site (scale 1 +- 0.1, shift +- 0.1), exported as an HF
+    folder and converted to an f32 GGUF. Returns (loaded model, steering, GGUF path)."""
     from lineas_engine import Steering, site_specs
     from llm_sidecar.export import export_folded
     from llm_sidecar.models import load_model
@@ -45,6 +51,14 @@ def test_exported_model_converts_to_gguf_with_its_folded_shifts(tmp_path):
     res = subprocess.run([sys.executable, conv, str(tmp_path / "hf"), "--outfile", str(out), "--outtype", "f32"],
                          capture_output=True, text=True, timeout=1800, cwd=os.path.dirname(conv))
     assert res.returncode == 0, res.stderr[-2000:]
+    return lm, s, out
+
+
+def test_exported_model_converts_to_gguf_with_its_folded_shifts(tmp_path):
+    conv = _converter()
+    from safetensors.torch import load_file
+
+    lm, _, out = _steered_gguf(tmp_path, conv)
     sys.path.insert(0, os.path.join(os.path.dirname(conv), "gguf-py"))
     from gguf import GGUFReader
 
@@ -60,3 +74,46 @@ def test_exported_model_converts_to_gguf_with_its_folded_shifts(tmp_path):
             want = hf[f"model.layers.{i}.{name}"].numpy()
             assert np.abs(want).max() > 0
             np.testing.assert_allclose(tensors[f"blk.{i}.{gg}"].reshape(want.shape), want, rtol=0, atol=1e-6)
+
+
+def test_llama_cpp_runs_the_steered_gguf_as_the_hooked_model(tmp_path):
+    """llama.cpp itself (llama-cpp-python's runtime) on the converted GGUF: greedy continuations of the same
+    token ids equal the hooked model's, and its last-position logits agree; the unsteered model's greedy
+    tokens differ (so the comparison would catch a runtime that ignored the folded shifts)."""
+    conv = _converter()
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (see the docstring)")
+    lm, s, out = _steered_gguf(tmp_path, conv)
+    llm = llama_cpp.Llama(model_path=str(out), n_ctx=256, logits_all=True, verbose=False, seed=0)
+    prompts = ["The weather today is", "My favourite food is", "In the year 2050, cities will"]
+    steps, differs, worst = 16, 0, 0.0
+    for prompt in prompts:
+        ids = lm.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        want, want_logits = _hf_greedy(lm, ids, s, steps)
+        plain, _ = _hf_greedy(lm, ids, None, steps)
+        differs += plain != want
+        llm.reset()
+        got = []
+        llm.eval(ids)
+        for _ in range(steps):
+            nxt = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+            got.append(nxt)
+            llm.eval([nxt])
+        assert got == want, (prompt, got, want)
+        llm.reset()
+        llm.eval(ids + want[:-1])
+        cpp_logits = torch.from_numpy(np.array(llm.scores[llm.n_tokens - 1], dtype=np.float32))
+        worst = max(worst, float((cpp_logits - want_logits).abs().max() / want_logits.abs().max()))
+    assert differs >= 1, "the steering does not change greedy tokens: the comparison would not see a lost shift"
+    assert worst < 1e-3, worst
+
+
+def _hf_greedy(lm, ids: list[int], steering, steps: int):
+    """Greedy tokens of the HF model with ``steering`` hooked (None: unsteered), and the last step's logits."""
+    from lineas_engine import steered
+
+    x = torch.tensor([ids])
+    with torch.no_grad(), steered(lm.model, steering):
+        for _ in range(steps):
+            logits = lm.model(input_ids=x, use_cache=False).logits[0, -1]
+            x = torch.cat([x, logits.argmax().view(1, 1)], dim=1)
+    return x[0, len(ids):].tolist(), logits
