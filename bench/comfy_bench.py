@@ -172,6 +172,9 @@ def time_family(name: str, folder: Path, args, device) -> dict:
             sample(m)()  # makes this clone the loaded one (ComfyUI patches weights at load): not timed,
             st[k] += timeit(sample(m), 1)  # a user sampling again with the same MODEL pays only this
     row["sample_times"] = st
+    profiles = {k: op_profile(sample(m), device) for k, m in variants.items()}
+    for k in ("hooked", "folded"):
+        row[f"{k}_ops_ratio"], row[f"{k}_extra_ops"] = extra_op_cost(profiles["none"], profiles[k])
     row["sample_none_s"] = _min(st["none"])
     row["hooked_ratio"] = _min(st["hooked"]) / row["sample_none_s"]
     row["folded_ratio"] = _min(st["folded"]) / row["sample_none_s"]
@@ -179,6 +182,34 @@ def time_family(name: str, folder: Path, args, device) -> dict:
     row["folded_ratio_median"] = statistics.median(st["folded"]) / statistics.median(st["none"])
     mm.unload_all_models()
     return row
+
+
+def op_profile(run, device) -> dict[str, tuple[int, float]]:
+    """One sampling call under torch.profiler (after a warm call that loads the clone): per aten op, the call
+    count and the self time (device time on CUDA, CPU time otherwise), in microseconds."""
+    from torch.profiler import ProfilerActivity, profile
+
+    run()
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        run()
+    attr = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    return {e.key: (e.count, float(getattr(e, attr))) for e in prof.key_averages()}
+
+
+def extra_op_cost(base: dict, other: dict) -> tuple[float, dict[str, int]]:
+    """Sampling cost of ``other`` relative to ``base`` from what it runs in addition: for every op it calls
+    more often, the extra calls times that op's mean self time, over the base's total op time. Differencing
+    two wall times cannot resolve 1 % on a shared CPU (two identical computations differ by +-4 % here);
+    this attributes the steering's own ops (addcmul per hooked site per model call, and any cast)."""
+    total = sum(t for _, t in base.values())
+    extra, calls = 0.0, {}
+    for k, (c, t) in other.items():
+        c0 = base.get(k, (0, 0.0))[0]
+        if c > c0:
+            extra += t / c * (c - c0)
+            calls[k] = c - c0
+    return 1 + extra / total, calls
 
 
 MEMORY_CASES = [  # family, weight dtype, compute dtype the node trains in (nodes/_conditioning.py on CUDA)
@@ -292,7 +323,9 @@ def main(argv=None) -> int:
                   f"{r.get('saved_bytes_per_sample', nan) / 2**20:10.1f} {r.get('bare_s', nan):7.3f} "
                   f"{r.get('lineas_s', nan):7.3f} {r.get('train_ratio', nan):6.3f} {r['hooked_ratio']:7.3f} "
                   f"{r['folded_ratio']:7.3f}  {r['fold_report']}  (none {r['sample_none_s']:.3f} s; medians "
-                  f"{r['hooked_ratio_median']:.3f} / {r['folded_ratio_median']:.3f})")
+                  f"{r['hooked_ratio_median']:.3f} / {r['folded_ratio_median']:.3f}; from the extra ops "
+                  f"{r['hooked_ops_ratio']:.4f} / {r['folded_ops_ratio']:.4f}, {r['hooked_extra_ops']} / "
+                  f"{r['folded_extra_ops']})")
     if not args.no_memory:
         print(f"\nmemory at 1024 px, full-size models (meta device), node defaults (batch 16, micro-batch auto, "
               f"checkpointing auto) within {args.gpu_gib:g} GiB")
