@@ -58,12 +58,13 @@ def _hook_wrapper(steering: Steering, strength: float, sigma_start: float, sigma
     # T_lambda as its own steering, cast once per (device, dtype): a model call then moves nothing
     mapped = steering.at_strength(strength) if strength not in (0, 1) else steering
     cast: dict[tuple, Steering] = {}
+    whole_schedule = sigma_start == float("inf") and sigma_end <= 0  # no sigma read: no device sync per call
 
     def wrapper(executor, *args, **kwargs):
         base_model = executor.class_obj
         sigma = args[1] if len(args) > 1 else kwargs.get("t")
         active = True
-        if sigma is not None and torch.is_tensor(sigma) and sigma.numel():
+        if not whole_schedule and sigma is not None and torch.is_tensor(sigma) and sigma.numel():
             s = float(sigma.max())
             active = sigma_end <= s <= sigma_start
         if not active or strength == 0:
