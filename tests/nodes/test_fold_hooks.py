@@ -147,3 +147,17 @@ def test_hooks_cast_the_steering_once_not_per_site_per_call(tiny):
     assert counts["first"] == counts["none"], counts  # cast at the first call (during warm-up), reused after
     assert counts["again"] - counts["none"] == 2 * sites, counts  # w and b once per site, at the first call
     assert counts["again twice"] - 2 * counts["none"] == 2 * sites, counts
+
+
+def test_hooks_act_only_inside_their_start_end_range(tiny):
+    """One euler step calls the model once, at the schedule's first sigma (0 %): a steering for 50-100 %
+    leaves that sample bit-identical to the unsteered one; for 0-50 % it acts exactly as the whole range."""
+    model, pos, neg = tiny
+    ref = _ref(model)
+    apply = _pack().nodes.apply.LineasApply.execute
+    base = _sample(model, pos, neg, steps=1)
+    late = _sample(apply(model, ref, 1.0, 0.5, 1.0, False, "hooks").result[0], pos, neg, steps=1)
+    early = _sample(apply(model, ref, 1.0, 0.0, 0.5, False, "hooks").result[0], pos, neg, steps=1)
+    whole = _sample(apply(model, ref, 1.0, 0.0, 1.0, False, "hooks").result[0], pos, neg, steps=1)
+    assert torch.equal(late, base)
+    assert _rel(whole, base) > 1e-3 and torch.equal(early, whole)
