@@ -9,9 +9,12 @@ gguf-py); point LLAMA_CPP_CONVERT at it:
 
 The steered SmolLM2 folder (Llama architecture with MLP biases) converts to a GGUF whose tensors are the
 folded weights, the shifts included as ffn_gate / ffn_up biases (which llama.cpp's llama graph reads as
-optional tensors). The second test runs that GGUF in llama.cpp itself (the `llama_cpp` runtime, built from the same
-sdist: `CMAKE_ARGS="-DGGML_OPENMP=OFF" pip install llama_cpp_python-0.3.36.tar.gz`, a C++ build of about 15 min on
-2 cores) and compares its greedy tokens and logits with the hooked model's."""
+optional tensors). The second test runs that GGUF in llama.cpp itself, the `llama_cpp` runtime built from the
+same sdist (a C++ build of about 10 min on 2 cores; it also needs `diskcache`):
+
+    CMAKE_ARGS="-DGGML_OPENMP=OFF" pip install /tmp/sd/llama_cpp_python-0.3.36.tar.gz diskcache
+
+and compares its greedy tokens and logits with the hooked model's and the exported folder's."""
 
 import os
 import subprocess
