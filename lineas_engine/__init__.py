@@ -11,6 +11,7 @@ from .errors import (
     LineasError,
     NoMatchingSiteError,
     NonFiniteLossError,
+    NonFiniteMapError,
     SiteOutputError,
     SteeringFileError,
 )
@@ -44,7 +45,7 @@ __version__ = "0.1.0"
 __all__ = [
     "__version__",
     "LineasError", "NoMatchingSiteError", "SiteOutputError", "SteeringFileError", "IncompatibleSteeringError",
-    "NonFiniteLossError",
+    "NonFiniteLossError", "NonFiniteMapError",
     "SiteSpec", "PRESETS", "register_preset", "is_norm", "find_sites", "site_specs", "probe_site_specs",
     "Steering", "site_key",
     "attach", "steered", "Recorder", "SteeringHandle", "StopForward", "run_until_sites", "recomputing",

@@ -8,6 +8,7 @@ __all__ = [
     "NoMatchingSiteError",
     "SiteOutputError",
     "SteeringFileError",
+    "NonFiniteMapError",
     "IncompatibleSteeringError",
     "NonFiniteLossError",
 ]
@@ -27,6 +28,10 @@ class SiteOutputError(LineasError):
 
 class SteeringFileError(LineasError):
     """A steering file is missing, truncated, malformed or of an unsupported version."""
+
+
+class NonFiniteMapError(SteeringFileError):
+    """A steering to be saved holds NaN or infinite values (a diverged training): nothing is written."""
 
 
 class IncompatibleSteeringError(LineasError):

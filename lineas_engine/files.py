@@ -27,7 +27,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
-from .errors import IncompatibleSteeringError, SteeringFileError
+from .errors import IncompatibleSteeringError, NonFiniteMapError, SteeringFileError
 from .sites import SiteSpec, _spec_from_attributes
 from .steering import Steering
 
@@ -147,7 +147,7 @@ def save_steering(
     for name, t in tensors.items():
         if not torch.isfinite(t).all():
             bad = int((~torch.isfinite(t)).sum())
-            raise SteeringFileError(f"{name} has {bad} NaN or infinite value(s) (a diverged training?); "
+            raise NonFiniteMapError(f"{name} has {bad} NaN or infinite value(s) (a diverged training?); "
                                     f"not saving {Path(path).name}: retrain with a lower learning rate")
     meta = {
         "format_version": FORMAT_VERSION,

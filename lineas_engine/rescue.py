@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .errors import LineasError
+from .errors import LineasError, NonFiniteMapError
 from .paths import cache_root
 
 __all__ = ["save_or_rescue"]
@@ -33,9 +33,9 @@ def save_or_rescue(save: Callable[[Path], object], out: str | os.PathLike, what:
         reason = f"{e.filename2 or e.filename or out} already exists (not replaced)"
     except OSError as e:
         reason = e.strerror or str(e)
+    except NonFiniteMapError:
+        raise  # nothing worth keeping
     except LineasError as e:
-        if "diverged" in str(e) or "NaN" in str(e):
-            raise
         reason = str(e)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     tried = []

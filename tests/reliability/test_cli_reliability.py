@@ -120,6 +120,19 @@ def test_a_name_taken_while_training_is_not_replaced_and_the_result_is_kept(tmp_
         save_or_rescue(lambda p: save_steering(p, s, overwrite=False), gone)
 
 
+def test_a_diverged_map_is_refused_not_rescued(tmp_path, monkeypatch):
+    """A NaN map is nothing worth keeping: the save's error passes through and no file is written anywhere."""
+    from lineas_engine import NonFiniteMapError, SiteSpec, Steering, save_or_rescue, save_steering
+
+    monkeypatch.setenv("LINEAS_CACHE", str(tmp_path / "cache"))
+    s = Steering({"a": SiteSpec(3)})
+    with torch.no_grad():
+        s.bias("a").fill_(float("nan"))
+    with pytest.raises(NonFiniteMapError, match="NaN or infinite"):
+        save_or_rescue(lambda p: save_steering(p, s, overwrite=False), tmp_path / "s.safetensors")
+    assert not (tmp_path / "s.safetensors").exists() and not (tmp_path / "cache").exists()
+
+
 # -- item 2: a big file as --steering ---------------------------------------------------------------------------
 def test_a_model_file_as_steering_is_refused(tiny_llama_dir, capsys):
     refused(capsys, "not a LinEAS steering file", "generate", "--model", tiny_llama_dir, "--prompt", "hi", *GEN,
