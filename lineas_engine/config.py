@@ -11,7 +11,11 @@ import torch
 
 from .errors import LineasError
 
-__all__ = ["TrainConfig", "TrainResult", "Forward", "OnStep"]
+__all__ = ["TrainConfig", "TrainResult", "Forward", "OnStep", "MAPS"]
+
+#: what training learns of each map h -> w * h + b: both (the paper), the scales only (b stays 0: the map
+#: folds into the site's own weight on any architecture) or the shifts only (w stays 1).
+MAPS = ("affine", "scale", "shift")
 
 Forward = Callable[[Mapping[str, Any]], Any]
 """The host's forward pass on one mini-batch (a sample dict); the engine never moves data."""
@@ -24,7 +28,10 @@ class TrainConfig:
     """Settings of a training run. Defaults are the paper's LLM setting (SGD 0.1, cosine, 1000 steps, batch 32).
 
     ``patience > 0`` stops early once the training loss has not improved by a relative ``min_delta`` over
-    its best value for ``patience`` consecutive steps (``steps`` stays the schedule's horizon)."""
+    its best value for ``patience`` consecutive steps (``steps`` stays the schedule's horizon).
+
+    ``maps``: ``affine`` learns w and b (the paper); ``scale`` learns w with b held at 0; ``shift`` learns b
+    with w held at 1 (see :data:`MAPS`)."""
 
     steps: int = 1000
     lr: float = 0.1
@@ -46,6 +53,7 @@ class TrainConfig:
     eval_every: int = 0
     patience: int = 0
     min_delta: float = 1e-3
+    maps: str = "affine"
 
     def __post_init__(self) -> None:
         problems = []
@@ -67,6 +75,8 @@ class TrainConfig:
             problems.append(f"gamma={self.gamma}, l1={self.l1}, group={self.group} must be finite and >= 0")
         if not isinstance(self.patience, int) or self.patience < 0:
             problems.append(f"patience={self.patience!r} must be an int >= 0 (0 = no early stop)")
+        if self.maps not in MAPS:
+            problems.append(f"maps={self.maps!r} must be one of {', '.join(MAPS)}")
         if self.reduction not in ("mean", "sum"):
             problems.append(f"reduction={self.reduction!r} must be mean or sum")
         if problems:

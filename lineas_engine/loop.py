@@ -104,7 +104,7 @@ def _targets(root, steering, forward, target, target_acts, target_groups, last_s
 
 def _optimise(root, steering, forward, source, tg: _Targets, cfg: TrainConfig, on_step, evaluate):
     """The loop: sample a mini-batch, loss and gradient, optimiser step, proximal step, schedule."""
-    opt = make_optimizer(steering.parameters(), cfg.optimizer, cfg.lr, cfg.weight_decay)
+    opt = make_optimizer(_learned(steering, cfg.maps), cfg.optimizer, cfg.lr, cfg.weight_decay)
     sched = cosine_schedule(opt, cfg.steps, cfg.warmup) if cfg.schedule == "cosine" else None
     batches = minibatches(num_samples(source), cfg.batch_size, torch.Generator().manual_seed(cfg.seed))
     stop, losses, eval_curve = tg.last_site, [], []
@@ -135,6 +135,15 @@ def _optimise(root, steering, forward, source, tg: _Targets, cfg: TrainConfig, o
             logger.info("early stop at step %d: no improvement for %d steps", step, cfg.patience)
             break
     return losses, eval_curve, stop
+
+
+def _learned(steering: Steering, maps: str) -> list[torch.nn.Parameter]:
+    """The parameters ``maps`` trains; the others are frozen (no gradient) at the identity they start from."""
+    learned = {"affine": ("scale", "shift"), "scale": ("scale",), "shift": ("shift",)}[maps]
+    for name in ("scale", "shift"):
+        for p in getattr(steering, name).values():
+            p.requires_grad_(name in learned)
+    return [p for name in learned for p in getattr(steering, name).values()]
 
 
 class _Patience:

@@ -104,6 +104,9 @@ def _lineas(root, specs, forward, source, target, *, config, on_step, eval_sourc
 
 def _layerwise(root, specs, forward, source, target, *, config, on_step, eval_source, device):
     """Closed form per site on the unsteered model; the loss before / after on the same groups as LinEAS."""
+    if config.maps != "affine":
+        raise LineasError(f"the layerwise method fits both w and b in closed form; maps={config.maps!r} needs "
+                          "method 'lineas'")
     rec = dict(batch_size=config.record_batch_size or config.batch_size, mask_key=config.mask_key)
     tgt_acts = record_activations(root, specs, forward, target, **rec)
     src_acts = record_activations(root, specs, forward, source, **rec)

@@ -106,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float, default=None, help="override the recipe's learning rate")
     t.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], default=None, help="override the recipe's")
     t.add_argument("--sparsity", type=float, default=0.0, help="gamma of the sparse group lasso (0 = dense)")
+    t.add_argument("--maps", choices=["affine", "scale", "shift"], default="affine",
+                   help="what is learnt of each map h -> w*h + b: affine (both, the paper), scale (b held at 0: "
+                        "a milder map that exports exactly into any architecture's norm weights), shift (w held at 1)")
     t.add_argument("--batch-size", type=int, default=None, help="override the recipe's batch size")
     t.add_argument("--patience", type=int, default=0, help="stop when the loss has not improved for N steps")
     t.add_argument("--max-length", type=int, default=64, help="tokens per training text")
@@ -238,7 +241,7 @@ def cmd_train(a) -> int:
     cfg = TrainConfig(steps=rec.steps if a.steps is None else a.steps, lr=rec.lr if a.lr is None else a.lr,
                       optimizer=a.optimizer or rec.optimizer,
                       batch_size=rec.batch_size if a.batch_size is None else a.batch_size,
-                      gamma=a.sparsity, seed=a.seed, patience=a.patience)
+                      gamma=a.sparsity, seed=a.seed, patience=a.patience, maps=a.maps)
     if a.source:
         source = read_texts(a.source, a.source_field, a.source_where, what="--source")
         target = read_texts(a.target, a.target_field, a.target_where, what="--target")

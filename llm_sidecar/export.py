@@ -45,7 +45,8 @@ def _shift_consumers(model, site: str) -> list[str]:
         raise LineasError(
             f"site {site!r} has a shift that cannot be folded exactly into a {cfg.model_type} model "
             f"({refusal_reason(cfg) if m is not None else 'its output has no following bias to absorb it'}); "
-            "export with --scale-only (drops the shifts, not exact) or apply the steering with hooks "
+            "export with --scale-only (drops the shifts, not exact), retrain with --maps scale (no shifts: exact "
+            "export) or apply the steering with hooks "
             "(lineas-llm generate --steering)"
         )
     prefix = site[: -len("post_attention_layernorm")]

@@ -128,7 +128,8 @@ def run(cfg: RecipeConfig, out: Path) -> dict:
     path = out / FILES["unet"]
     stats = _cached(path, keys["unet"])
     if stats is None:
-        unet_sd, stats = train_unet(lat_train, cfg.unet, cfg.seed, eval_latents=lat_test)
+        unet_sd, stats = train_unet(lat_train, cfg.unet, cfg.seed, eval_latents=lat_test,  # resumable
+                                    resume=out / "unet.partial.safetensors", key=keys["unet"])
         checkpoint.save_atomic(path, {k: v.contiguous() for k, v in unet_sd.items()}, {"key": keys["unet"],
                                                                                        "stats": stats})
         report["stages"]["unet"] = {**stats, "cached": False}

@@ -9,6 +9,7 @@ import logging
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -110,9 +111,15 @@ def eval_loss(model, latents: torch.Tensor, seed: int = 1234, repeats: int = 2, 
     return total / count
 
 
-def train_unet(latents: torch.Tensor, cfg: UNetConfig, seed: int = 0, eval_latents: torch.Tensor | None = None):
+def train_unet(latents: torch.Tensor, cfg: UNetConfig, seed: int = 0, eval_latents: torch.Tensor | None = None, *,
+               resume: Path | None = None, key: str = "", save_every: int = 200, on_step=None):
     """latents: [N, 4, 8, 8] as the UNet sees them (already times 0.18215, ~unit std), augmentations
-    included. Returns (EMA state dict, stats)."""
+    included. Returns (EMA state dict, stats).
+
+    ``resume``: a file where the whole training state (weights, EMA, AdamW moments, schedule, sampling RNG,
+    loss curve) is written atomically every ``save_every`` steps, tagged with ``key``; a later call with the
+    same file and key continues from it, to the same result as an uninterrupted run. The file is removed at
+    the end. ``on_step(step)`` is called after each step (tests interrupt through it)."""
     model = build_unet(cfg, seed)
     n_params = sum(p.numel() for p in model.parameters())
     opt, sched = adamw(model.parameters(), cfg.lr, cfg.steps, min(cfg.warmup, max(1, cfg.steps // 10)),
@@ -121,8 +128,14 @@ def train_unet(latents: torch.Tensor, cfg: UNetConfig, seed: int = 0, eval_laten
     abar = alphas_cumprod()
     gen = torch.Generator().manual_seed(seed + 1)
     n = latents.shape[0]
-    curve, window, step_times, t0 = [], [], [], time.perf_counter()
-    for step in range(cfg.steps):
+    run = {"step": 0, "curve": [], "step_times": [], "elapsed": 0.0}
+    if resume is not None and Path(resume).is_file():
+        run = _load_state(Path(resume), key, model, ema, opt, sched, gen) or run
+        if run["step"]:
+            log.info("unet: resuming at step %d/%d from %s", run["step"], cfg.steps, resume)
+    curve, step_times, window = run["curve"], run["step_times"], []
+    t0 = time.perf_counter() - run["elapsed"]
+    for step in range(run["step"], cfg.steps):
         t_step = time.perf_counter()
         idx = torch.randint(0, n, (min(cfg.batch, n),), generator=gen)
         x0 = latents[idx]
@@ -143,6 +156,11 @@ def train_unet(latents: torch.Tensor, cfg: UNetConfig, seed: int = 0, eval_laten
             curve.append([step + 1, round(sum(window) / len(window), 5)])
             window = []
             log.info("unet step %d/%d loss %.4f  %.3f s/step", step + 1, cfg.steps, curve[-1][1], el / (step + 1))
+        if resume is not None and (step + 1) % save_every == 0 and step + 1 < cfg.steps:
+            _save_state(Path(resume), key, step + 1, model, ema, opt, sched, gen,
+                        {"curve": curve, "step_times": step_times, "elapsed": time.perf_counter() - t0})
+        if on_step is not None:
+            on_step(step + 1)
     seconds = time.perf_counter() - t0
     stats = {"steps": cfg.steps, "batch": cfg.batch, "params": n_params, "seconds": round(seconds, 2),
              "s_per_step": round(seconds / max(1, cfg.steps), 4),
@@ -151,4 +169,44 @@ def train_unet(latents: torch.Tensor, cfg: UNetConfig, seed: int = 0, eval_laten
         model.load_state_dict(ema.shadow)
         stats["eval_eps_mse_ema"] = round(eval_loss(model, eval_latents), 5)
     log.info("unet: %d steps in %.1f s (%d params)", cfg.steps, seconds, n_params)
+    if resume is not None:
+        Path(resume).unlink(missing_ok=True)
     return ema.state_dict(), stats
+
+
+def _save_state(path: Path, key: str, step: int, model, ema: EMA, opt, sched, gen, run: dict) -> None:
+    """Every tensor of the training state in one safetensors file, the rest as JSON metadata."""
+    from bench.diffusion.checkpoint import save_atomic
+
+    tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
+    tensors.update({f"ema.{k}": v.contiguous() for k, v in ema.shadow.items()})
+    osd = opt.state_dict()
+    for i, st in osd["state"].items():
+        tensors.update({f"opt.{i}.{name}": v.contiguous() for name, v in st.items()})
+    tensors["gen"] = gen.get_state()
+    sch = {k: v for k, v in sched.state_dict().items() if k != "lr_lambdas"}
+    save_atomic(path, tensors, {"key": key, "step": step, "ema_updates": ema.updates,
+                                "param_groups": osd["param_groups"], "sched": sch, **run})
+
+
+def _load_state(path: Path, key: str, model, ema: EMA, opt, sched, gen) -> dict | None:
+    """Restore what :func:`_save_state` wrote for ``key``; None (start afresh) for another key."""
+    from bench.diffusion.checkpoint import load_tensors, read_meta
+
+    meta = read_meta(path)
+    if meta.get("key") != key:
+        log.info("unet: ignoring %s (written for another configuration)", path)
+        return None
+    t = load_tensors(path)
+    model.load_state_dict({k[6:]: v for k, v in t.items() if k.startswith("model.")})
+    ema.shadow = {k[4:]: v.clone() for k, v in t.items() if k.startswith("ema.")}
+    ema.updates = meta["ema_updates"]
+    state: dict[int, dict] = {}
+    for k, v in t.items():
+        if k.startswith("opt."):
+            _, i, name = k.split(".", 2)
+            state.setdefault(int(i), {})[name] = v
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    sched.load_state_dict({**meta["sched"], "lr_lambdas": [None] * len(opt.param_groups)})
+    gen.set_state(t["gen"])
+    return {k: meta[k] for k in ("step", "curve", "step_times", "elapsed")}

@@ -2,7 +2,7 @@
 
     python -m bench.llm.dump_data --model smollm2 --out /tmp/llmdata
 
-toxic.txt / clean.txt (the 32 most / least toxic of the 200 pool prompts), statements.txt (32 short neutral
+toxic.txt / clean.txt (the 32, or --n, most / least toxic of the 200 pool prompts), statements.txt (32 short neutral
 statements of another domain), heldout.txt (300 evaluation prompts), neutral.txt (500 evaluation passages),
 val_neutral.txt (the 100 validation passages after them, for --calibrate-on), calib.txt (the next 100)."""
 
@@ -18,6 +18,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.llm.dump_data", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2")
+    ap.add_argument("--n", type=int, default=32, help="training texts per side (the N most / least toxic of the pool)")
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
     from llm_sidecar.data import split
@@ -25,7 +26,7 @@ def main(argv=None) -> int:
     from llm_sidecar.models import load_model
 
     lm = load_model(a.model)
-    d = prepare_data(lm, make_judge("profanity"))
+    d = prepare_data(lm, make_judge("profanity"), n=a.n)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     files = {"toxic": d.toxic, "clean": d.clean, "statements": split(short_statements(), 32, seed=0)[0],

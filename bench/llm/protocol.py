@@ -92,6 +92,8 @@ def main(argv=None) -> int:
     ap.add_argument("--reuse", action="store_true", help="load METHOD.safetensors from --out instead of training")
     ap.add_argument("--target", default="least_toxic", choices=TARGETS, help="target texts (see prepare_data)")
     ap.add_argument("--sites", default=None, help="regex over module names (default: the family's)")
+    ap.add_argument("--maps", default="affine", choices=("affine", "scale", "shift"),
+                    help="what LinEAS learns of each map (TrainConfig.maps; layerwise is always affine)")
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
@@ -125,7 +127,8 @@ def main(argv=None) -> int:
         path = out / f"{method}.safetensors"
         if not (a.reuse and path.is_file()):
             cfg = TrainConfig(steps=a.steps, optimizer=a.optimizer, lr=a.lr, batch_size=32,
-                              gamma=a.sparsity if method == "lineas_sparse" else 0.0)
+                              gamma=a.sparsity if method == "lineas_sparse" else 0.0,
+                              maps=a.maps if method != "layerwise" else "affine")
             record, _ = train_steering(lm, toxic, clean, method="layer-wise" if method == "layerwise" else "lineas",
                                        config=cfg, max_length=32, training_prompts=pool, name=method,
                                        sites_pattern=a.sites)

@@ -16,6 +16,7 @@ from lineas_engine import (
     fit_layerwise,
     record_activations,
     site_specs,
+    train,
 )
 from tests.engine.helpers import Chain, lm_forward, token_batch, unet_batch, unet_forward
 
@@ -216,3 +217,27 @@ def test_layerwise_with_recorded_activations_equals_recording_them():
     given = fit_layerwise(model, specs, fwd, None, target_acts=acts["tgt"], source_acts=acts["src"])
     for s in specs:
         assert torch.equal(fresh.weight(s), given.weight(s)) and torch.equal(fresh.bias(s), given.bias(s))
+
+
+@pytest.mark.parametrize("maps,frozen,identity", [("scale", "bias", 0.0), ("shift", "weight", 1.0)])
+def test_maps_learns_one_half_of_the_map_and_holds_the_other_at_identity(tiny_llama, maps, frozen, identity):
+    specs = site_specs(tiny_llama, find_sites(tiny_llama, preset="post_norms"))
+    src, tgt, held = token_batch(16, 0, 64, seed=1), token_batch(16, 64, 128, seed=2), token_batch(16, 0, 64, seed=3)
+    steering = Steering(specs)
+    res = fit(tiny_llama, steering, lm_forward(tiny_llama), src, tgt, eval_source=held,
+              config=TrainConfig(steps=30, lr=0.05, optimizer="adam", batch_size=16, maps=maps, gamma=0.01))
+    learned = "weight" if frozen == "bias" else "bias"
+    for s in specs:
+        assert torch.equal(getattr(steering, frozen)(s), torch.full_like(getattr(steering, frozen)(s), identity))
+    moved = sum(int((getattr(steering, learned)(s) != (1.0 - identity)).sum()) for s in specs)
+    assert moved > 0.9 * sum(p.dim for p in specs.values())
+    assert res.eval_after < res.eval_before
+
+
+def test_maps_must_be_known_and_layerwise_fits_affine_only(tiny_llama):
+    with pytest.raises(LineasError, match="maps='scales' must be one of affine, scale, shift"):
+        TrainConfig(maps="scales")
+    specs = site_specs(tiny_llama, find_sites(tiny_llama, preset="post_norms"))
+    with pytest.raises(LineasError, match="maps='scale' needs method 'lineas'"):
+        train(tiny_llama, specs, lm_forward(tiny_llama), token_batch(4, 0, 64), token_batch(4, 64, 128),
+              method="layerwise", config=TrainConfig(maps="scale"))

@@ -201,3 +201,36 @@ def test_steer_bench_runs_both_methods_through_the_nodes(comfy, tiny_run, tmp_pa
     assert res["methods"]["lineas"]["curve"][0]["p_mean"] == res["methods"]["layer-wise"]["curve"][0]["p_mean"]
     assert {"lineas_rise_points", "layer-wise_rise_points", "at_layerwise_strength1",
             "layerwise_ssim_at_lineas_points"} <= set(res["comparison"])
+
+
+@pytest.mark.comfy
+def test_unet_training_resumes_to_the_uninterrupted_result(comfy, tmp_path):
+    """The 70-minute UNet stage keeps its whole state every save_every steps: a run interrupted after step
+    3 of 5 and started again continues from step 2 to exactly the weights of an uninterrupted run."""
+    from bench.diffusion.unet import UNetConfig, train_unet
+
+    torch.manual_seed(0)
+    lat = torch.randn(12, 4, 8, 8)
+    cfg = UNetConfig(steps=5, batch=3, warmup=2, middle=-2, log_every=1)
+    whole, stats = train_unet(lat, cfg, seed=0)
+    state = tmp_path / "unet.partial.safetensors"
+
+    def interrupt(step):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_unet(lat, cfg, seed=0, resume=state, key="k", save_every=2, on_step=interrupt)
+    assert state.is_file()  # the state of step 2 survived the interrupt
+    ran: list[int] = []
+    resumed, rstats = train_unet(lat, cfg, seed=0, resume=state, key="k", save_every=2, on_step=ran.append)
+    assert ran == [3, 4, 5]  # it did continue from step 2, not start again
+    assert not state.exists()  # removed once the stage is done
+    assert rstats["loss_curve"] == stats["loss_curve"]
+    assert all(torch.equal(resumed[k], whole[k]) for k in whole)
+    with pytest.raises(KeyboardInterrupt):  # a stale state of another configuration (seed 1) ...
+        train_unet(lat, cfg, seed=1, resume=state, key="seed 1", save_every=2, on_step=interrupt)
+    ran.clear()
+    fresh, _ = train_unet(lat, cfg, seed=0, resume=state, key="k", save_every=2, on_step=ran.append)
+    assert ran == [1, 2, 3, 4, 5]
+    assert all(torch.equal(fresh[k], whole[k]) for k in whole)  # ... is not resumed: the run starts afresh

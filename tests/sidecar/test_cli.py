@@ -136,6 +136,22 @@ def test_export_refuses_unfoldable_shift_on_gemma(tiny_gemma_dir, texts, capsys)
     assert not exp.exists() and not [p for p in texts.iterdir() if p.name.startswith(".gexp")]
 
 
+def test_scale_only_training_exports_exactly_where_shifts_are_refused(tiny_gemma_dir, texts, capsys):
+    from lineas_engine import load_steering
+
+    out = texts / "gs.safetensors"
+    assert _train(tiny_gemma_dir, texts, out, "--maps", "scale") == 0
+    steering, meta = load_steering(out)
+    assert meta.config["maps"] == "scale"
+    assert all(torch.equal(steering.bias(s), torch.zeros_like(steering.bias(s))) for s in steering.sites)
+    assert any(bool((steering.weight(s) != 1).any()) for s in steering.sites)
+    exp = texts / "gsexp"
+    assert main(["export", "--model", tiny_gemma_dir, "--steering", str(out), "--out", str(exp),
+                 "--device", "cpu"]) == 0
+    info = json.loads((exp / "lineas_export.json").read_text())
+    assert info["max_abs_logit_diff_vs_hooked"] <= 1e-4 and info["folded_shifts"] == [] and not info["scale_only"]
+
+
 @pytest.mark.parametrize("case", ["missing", "empty", "one_sample", "bad_sites", "other_model", "unwritable"])
 def test_bad_input_one_clear_line_no_output(case, tiny_llama_dir, tiny_gemma_dir, texts, capsys):
     out = texts / "o.safetensors"

@@ -16,7 +16,8 @@ def _model_dir(tmp_path, family, **over):
     import transformers as tf
 
     cls = {"qwen2": ("Qwen2Config", "Qwen2ForCausalLM"), "mistral": ("MistralConfig", "MistralForCausalLM"),
-           "qwen3": ("Qwen3Config", "Qwen3ForCausalLM"), "llama": ("LlamaConfig", "LlamaForCausalLM")}[family]
+           "qwen3": ("Qwen3Config", "Qwen3ForCausalLM"), "llama": ("LlamaConfig", "LlamaForCausalLM"),
+           "gemma3_text": ("Gemma3TextConfig", "Gemma3ForCausalLM")}[family]
     torch.manual_seed(0)
     tok = _tokenizer()
     cfg = getattr(tf, cls[0])(vocab_size=len(tok), **{**SMALL, **over})
@@ -73,6 +74,7 @@ def test_exact_export(family, tmp_path):
 @pytest.mark.parametrize("family,over,reason", [
     ("qwen3", {"head_dim": 8}, "q_norm / k_norm"),
     ("mistral", {"sliding_window": 16}, "sliding window of 16 tokens"),
+    ("gemma3_text", {"head_dim": 8, "sliding_window": 4}, "post norms feed the residual stream"),
 ])
 def test_export_refuses_families_without_an_exact_form(family, over, reason, tmp_path):
     from lineas_engine import LineasError
@@ -85,3 +87,35 @@ def test_export_refuses_families_without_an_exact_form(family, over, reason, tmp
     assert not (tmp_path / "out").exists()
     export_folded(lm, _random_steering(lm), tmp_path / "scale", scale_only=True)  # scales still fold
     assert (tmp_path / "scale" / "config.json").is_file()
+
+
+@pytest.mark.parametrize("family,over", [("qwen3", {"head_dim": 8}), ("mistral", {"sliding_window": 16}),
+                                         ("gemma3_text", {"head_dim": 8, "sliding_window": 4})])
+def test_a_shift_free_steering_exports_exactly_where_shifts_are_refused(family, over, tmp_path):
+    """What ``lineas-llm train --maps scale`` makes (b = 0 everywhere) folds into the norms' own weights, so the
+    families refused above export it exactly, in their own architecture, without --scale-only."""
+    from transformers import AutoModelForCausalLM
+
+    from lineas_engine import steered
+    from llm_sidecar.export import export_folded
+    from llm_sidecar.models import load_model
+
+    lm = load_model(_model_dir(tmp_path, family, **over), device="cpu")
+    steering = _random_steering(lm)
+    with torch.no_grad():
+        for site in steering.sites:
+            steering.bias(site).zero_()
+    info = export_folded(lm, steering, tmp_path / "out", strength=0.8)
+    assert info["folded_shifts"] == [] and info["scale_only"] is False
+    folded = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    assert folded.config.model_type == family  # its own architecture, not the Llama equivalent
+    enc = lm.tokenizer(["you are a stupid idiot and", "the garden is lovely in the"], return_tensors="pt",
+                       padding=True)
+    with torch.no_grad():
+        with steered(lm.model, steering, 0.8):
+            hooked = lm.model(**enc).logits
+        unsteered = lm.model(**enc).logits
+        out = folded(**enc).logits
+    real = enc["attention_mask"].bool()
+    assert (out - hooked)[real].abs().max().item() <= 1e-4
+    assert (unsteered - hooked)[real].abs().max().item() > 1e-2
