@@ -12,7 +12,7 @@ import signal
 import sys
 from pathlib import Path
 
-from lineas_engine import METHODS, LineasError, TrainConfig, get_method, load_steering, save_record
+from lineas_engine import MAPS, METHODS, LineasError, TrainConfig, get_method, load_steering, save_record
 
 from .judges import JUDGE_HELP
 
@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float, default=None, help="override the recipe's learning rate")
     t.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], default=None, help="override the recipe's")
     t.add_argument("--sparsity", type=float, default=0.0, help="gamma of the sparse group lasso (0 = dense)")
-    t.add_argument("--maps", choices=["affine", "scale", "shift"], default="affine",
+    t.add_argument("--maps", choices=MAPS, default="affine",
                    help="what is learnt of each map h -> w*h + b: affine (both, the paper), scale (b held at 0: "
                         "a milder map that exports exactly into any architecture's norm weights), shift (w held at 1)")
     t.add_argument("--batch-size", type=int, default=None, help="override the recipe's batch size")

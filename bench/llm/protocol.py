@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from lineas_engine import TrainConfig, load_record, save_record
+from lineas_engine import MAPS, TrainConfig, load_record, save_record
 
 
 @dataclass
@@ -92,7 +92,7 @@ def main(argv=None) -> int:
     ap.add_argument("--reuse", action="store_true", help="load METHOD.safetensors from --out instead of training")
     ap.add_argument("--target", default="least_toxic", choices=TARGETS, help="target texts (see prepare_data)")
     ap.add_argument("--sites", default=None, help="regex over module names (default: the family's)")
-    ap.add_argument("--maps", default="affine", choices=("affine", "scale", "shift"),
+    ap.add_argument("--maps", default="affine", choices=MAPS,
                     help="what LinEAS learns of each map (TrainConfig.maps; layerwise is always affine)")
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
