@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -104,7 +105,12 @@ def _targets(root, steering, forward, target, target_acts, target_groups, last_s
 
 def _optimise(root, steering, forward, source, tg: _Targets, cfg: TrainConfig, on_step, evaluate):
     """The loop: sample a mini-batch, loss and gradient, optimiser step, proximal step, schedule."""
-    opt = make_optimizer(_learned(steering, cfg.maps), cfg.optimizer, cfg.lr, cfg.weight_decay)
+    with _learning(steering, cfg.maps) as learned:
+        return _loop(root, steering, forward, source, tg, cfg, on_step, evaluate, learned)
+
+
+def _loop(root, steering, forward, source, tg: _Targets, cfg: TrainConfig, on_step, evaluate, learned):
+    opt = make_optimizer(learned, cfg.optimizer, cfg.lr, cfg.weight_decay)
     sched = cosine_schedule(opt, cfg.steps, cfg.warmup) if cfg.schedule == "cosine" else None
     batches = minibatches(num_samples(source), cfg.batch_size, torch.Generator().manual_seed(cfg.seed))
     stop, losses, eval_curve = tg.last_site, [], []
@@ -137,13 +143,20 @@ def _optimise(root, steering, forward, source, tg: _Targets, cfg: TrainConfig, o
     return losses, eval_curve, stop
 
 
-def _learned(steering: Steering, maps: str) -> list[torch.nn.Parameter]:
-    """The parameters ``maps`` trains; the others are frozen (no gradient) at the identity they start from."""
+@contextlib.contextmanager
+def _learning(steering: Steering, maps: str):
+    """Yields the parameters ``maps`` trains; the others are frozen (no gradient) at the identity they start
+    from for the duration, and every parameter's ``requires_grad`` is as it was afterwards."""
     learned = {"affine": ("scale", "shift"), "scale": ("scale",), "shift": ("shift",)}[maps]
-    for name in ("scale", "shift"):
-        for p in getattr(steering, name).values():
-            p.requires_grad_(name in learned)
-    return [p for name in learned for p in getattr(steering, name).values()]
+    flags = [(p, p.requires_grad) for name in ("scale", "shift") for p in getattr(steering, name).values()]
+    try:
+        for name in ("scale", "shift"):
+            for p in getattr(steering, name).values():
+                p.requires_grad_(name in learned)
+        yield [p for name in learned for p in getattr(steering, name).values()]
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
 
 
 class _Patience:

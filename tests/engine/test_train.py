@@ -232,6 +232,8 @@ def test_maps_learns_one_half_of_the_map_and_holds_the_other_at_identity(tiny_ll
     moved = sum(int((getattr(steering, learned)(s) != (1.0 - identity)).sum()) for s in specs)
     assert moved > 0.9 * sum(p.dim for p in specs.values())
     assert res.eval_after < res.eval_before
+    # the frozen half is frozen for the fit only: afterwards every parameter trains again, as before the fit
+    assert all(p.requires_grad for p in steering.parameters())
 
 
 def test_maps_must_be_known_and_layerwise_fits_affine_only(tiny_llama):
