@@ -21,7 +21,7 @@ import torch
 from lineas_engine import LineasError, Steering, fold_, steered
 
 from .devices import full_state_dict, is_dispatched
-from .llama_export import LLAMA_EQUIVALENT, llama_config, refusal_reason
+from .llama_export import ALTERNATIVES, LLAMA_EQUIVALENT, llama_config, refusal_reason
 from .models import LoadedModel
 
 __all__ = ["export_folded"]
@@ -45,10 +45,7 @@ def _shift_consumers(model, site: str) -> list[str]:
         raise LineasError(
             f"site {site!r} has a shift that cannot be folded exactly into a {cfg.model_type} model "
             f"({refusal_reason(cfg) if m is not None else 'its output has no following bias to absorb it'}); "
-            "export with --scale-only (drops the shifts, not exact), retrain with --maps scale (no shifts: exact "
-            "export) or apply the steering with hooks "
-            "(lineas-llm generate --steering)"
-        )
+            f"{ALTERNATIVES}")
     prefix = site[: -len("post_attention_layernorm")]
     return [prefix + "mlp.gate_proj", prefix + "mlp.up_proj"]
 

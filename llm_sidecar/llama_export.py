@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from lineas_engine import LineasError
 
-__all__ = ["LLAMA_EQUIVALENT", "llama_config", "refusal_reason"]
+__all__ = ["ALTERNATIVES", "LLAMA_EQUIVALENT", "llama_config", "refusal_reason"]
 
 LLAMA_EQUIVALENT = ("qwen2", "mistral")
 
@@ -33,6 +33,11 @@ _REASONS = {
 }
 
 
+# what to do instead, ending every refusal of an exact export with shifts
+ALTERNATIVES = ("apply the steering with hooks (lineas-llm generate --steering), export with --scale-only (drops "
+                "the shifts, not exact) or retrain with --maps scale (no shifts: exact export)")
+
+
 def refusal_reason(cfg) -> str:
     """Why a shift cannot be folded exactly into this family (one clause, for the error message)."""
     mt = getattr(cfg, "model_type", "unknown")
@@ -46,22 +51,19 @@ def llama_config(cfg):
 
     mt = cfg.model_type
     if mt not in LLAMA_EQUIVALENT:
-        raise LineasError(f"a {mt} model cannot be exported exactly with shifts: {refusal_reason(cfg)}; export "
-                          "with --scale-only (drops the shifts, not exact), retrain with --maps scale (no shifts: "
-                          "exact export) or apply the steering with hooks")
+        raise LineasError(f"a {mt} model cannot be exported exactly with shifts: {refusal_reason(cfg)}; "
+                          f"{ALTERNATIVES}")
     window = getattr(cfg, "sliding_window", None)
     if mt == "qwen2":
         types = getattr(cfg, "layer_types", None) or []
         if getattr(cfg, "use_sliding_window", False) or "sliding_attention" in types:
             raise LineasError(f"this Qwen2 model uses sliding-window attention (window {window}), which the Llama "
-                              "architecture has not, so its shifts cannot be exported exactly; use hooks "
-                              "(lineas-llm generate --steering), --scale-only (not exact) or retrain with --maps scale "
-                              "(exact)")
+                              "architecture has not, so its shifts cannot be exported exactly; "
+                              f"{ALTERNATIVES}")
     if mt == "mistral" and window is not None and window < cfg.max_position_embeddings:
         raise LineasError(f"this Mistral model attends within a sliding window of {window} tokens (< its "
                           f"{cfg.max_position_embeddings} positions), which the Llama architecture has not, so "
-                          "its shifts cannot be exported exactly; use hooks (lineas-llm generate --steering) or "
-                          "--scale-only (not exact), or retrain with --maps scale (exact)")
+                          f"its shifts cannot be exported exactly; {ALTERNATIVES}")
     d = {k: v for k, v in cfg.to_dict().items() if k not in _DROP}
     d.update(attention_bias=(mt == "qwen2"), mlp_bias=True, architectures=["LlamaForCausalLM"])
     out = LlamaConfig(**d)

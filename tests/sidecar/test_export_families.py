@@ -82,8 +82,10 @@ def test_export_refuses_families_without_an_exact_form(family, over, reason, tmp
     from llm_sidecar.models import load_model
 
     lm = load_model(_model_dir(tmp_path, family, **over), device="cpu")
-    with pytest.raises(LineasError, match=reason):
+    with pytest.raises(LineasError, match=reason) as e:
         export_folded(lm, _random_steering(lm), tmp_path / "out")
+    for way_out in ("generate --steering", "--scale-only", "--maps scale"):  # every refusal says what to do instead
+        assert way_out in str(e.value)
     assert not (tmp_path / "out").exists()
     export_folded(lm, _random_steering(lm), tmp_path / "scale", scale_only=True)  # scales still fold
     assert (tmp_path / "scale" / "config.json").is_file()
