@@ -106,41 +106,37 @@ def _targets(root, steering, forward, target, target_acts, target_groups, last_s
 def _optimise(root, steering, forward, source, tg: _Targets, cfg: TrainConfig, on_step, evaluate):
     """The loop: sample a mini-batch, loss and gradient, optimiser step, proximal step, schedule."""
     with _learning(steering, cfg.maps) as learned:
-        return _loop(root, steering, forward, source, tg, cfg, on_step, evaluate, learned)
-
-
-def _loop(root, steering, forward, source, tg: _Targets, cfg: TrainConfig, on_step, evaluate, learned):
-    opt = make_optimizer(learned, cfg.optimizer, cfg.lr, cfg.weight_decay)
-    sched = cosine_schedule(opt, cfg.steps, cfg.warmup) if cfg.schedule == "cosine" else None
-    batches = minibatches(num_samples(source), cfg.batch_size, torch.Generator().manual_seed(cfg.seed))
-    stop, losses, eval_curve = tg.last_site, [], []
-    patience = _Patience(cfg.patience, cfg.min_delta)
-    for step in range(1, cfg.steps + 1):
-        batch = slice_samples(source, next(batches))
-        with torch.enable_grad():
-            loss, order = _step_loss(root, steering, forward, batch, tg, cfg, stop)
-        if stop is None and cfg.stop_after_last_site:
-            stop = order[-1]
-        value = float(loss)
-        if not math.isfinite(value):
-            raise NonFiniteLossError(f"loss became {value} at step {step}; lower the learning rate (lr={cfg.lr}) "
-                                     "or check the inputs for NaN/inf")
-        tau = opt.param_groups[0]["lr"]
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if cfg.gamma > 0:
-            prox_sparse_group_lasso_(steering, tau, cfg.gamma, cfg.l1, cfg.group)
-        if sched is not None:
-            sched.step()
-        losses.append(value)
-        if cfg.eval_every and evaluate is not None and step % cfg.eval_every == 0:
-            eval_curve.append((step, evaluate(steering)))
-        if on_step is not None:
-            on_step(step, value)
-        if patience.exhausted(value):
-            logger.info("early stop at step %d: no improvement for %d steps", step, cfg.patience)
-            break
-    return losses, eval_curve, stop
+        opt = make_optimizer(learned, cfg.optimizer, cfg.lr, cfg.weight_decay)
+        sched = cosine_schedule(opt, cfg.steps, cfg.warmup) if cfg.schedule == "cosine" else None
+        batches = minibatches(num_samples(source), cfg.batch_size, torch.Generator().manual_seed(cfg.seed))
+        stop, losses, eval_curve = tg.last_site, [], []
+        patience = _Patience(cfg.patience, cfg.min_delta)
+        for step in range(1, cfg.steps + 1):
+            batch = slice_samples(source, next(batches))
+            with torch.enable_grad():
+                loss, order = _step_loss(root, steering, forward, batch, tg, cfg, stop)
+            if stop is None and cfg.stop_after_last_site:
+                stop = order[-1]
+            value = float(loss)
+            if not math.isfinite(value):
+                raise NonFiniteLossError(f"loss became {value} at step {step}; lower the learning rate (lr={cfg.lr}) "
+                                         "or check the inputs for NaN/inf")
+            tau = opt.param_groups[0]["lr"]
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if cfg.gamma > 0:
+                prox_sparse_group_lasso_(steering, tau, cfg.gamma, cfg.l1, cfg.group)
+            if sched is not None:
+                sched.step()
+            losses.append(value)
+            if cfg.eval_every and evaluate is not None and step % cfg.eval_every == 0:
+                eval_curve.append((step, evaluate(steering)))
+            if on_step is not None:
+                on_step(step, value)
+            if patience.exhausted(value):
+                logger.info("early stop at step %d: no improvement for %d steps", step, cfg.patience)
+                break
+        return losses, eval_curve, stop
 
 
 @contextlib.contextmanager
@@ -148,12 +144,13 @@ def _learning(steering: Steering, maps: str):
     """Yields the parameters ``maps`` trains; the others are frozen (no gradient) at the identity they start
     from for the duration, and every parameter's ``requires_grad`` is as it was afterwards."""
     learned = {"affine": ("scale", "shift"), "scale": ("scale",), "shift": ("shift",)}[maps]
-    flags = [(p, p.requires_grad) for name in ("scale", "shift") for p in getattr(steering, name).values()]
+    halves = {name: list(getattr(steering, name).values()) for name in ("scale", "shift")}
+    flags = [(p, p.requires_grad) for ps in halves.values() for p in ps]
     try:
-        for name in ("scale", "shift"):
-            for p in getattr(steering, name).values():
+        for name, ps in halves.items():
+            for p in ps:
                 p.requires_grad_(name in learned)
-        yield [p for name in learned for p in getattr(steering, name).values()]
+        yield [p for name in learned for p in halves[name]]
     finally:
         for p, flag in flags:
             p.requires_grad_(flag)
