@@ -13,6 +13,7 @@ import torch
 
 from ..lineas_engine import (
     LineasError,
+    NoMatchingSiteError,
     Steering,
     SteeringRecord,
     TrainConfig,
@@ -55,6 +56,16 @@ def choose_sites(dm, preset: str, regex: str) -> list[str]:
                         len(names) - len(kept))
         names = kept or names
     return names
+
+
+def _norm_modules(dm) -> list[str]:
+    """Every norm layer, sites or not: a norm that is not a site still saves its input for backward when a
+    steering upstream makes that input require grad, and DiT blocks then update it in place (Flux's text
+    stream after ``txt_norm2``, once that site is dropped as seeing only the conditioning)."""
+    try:
+        return find_sites(dm, preset="norms")
+    except NoMatchingSiteError:
+        return []
 
 
 def _noised_samples(model, lat: torch.Tensor, percents: list[float], seed: int):
@@ -116,7 +127,7 @@ def train_style(model, vae, target_images: torch.Tensor, source_images: torch.Te
             # two images at the same noise level: sites that see only the conditioning are left out of presets
             specs = probe_widths(dm, sites, lambda: forward(slice_samples(src, slice(0, 2))),
                                  drop_constant=PRESETS[preset] is not None)
-            with inputs_copied(dm, list(specs)):
+            with inputs_copied(dm, sorted(set(specs) | set(_norm_modules(dm)))):
                 run_cfg = cfg
                 if get_method(method).iterative and not micro_batch:  # 0 = auto: free memory, one measured sample
                     run_cfg = replace(cfg, micro_batch_size=auto_micro_batch(dm, Steering(specs).to(device), forward,

@@ -97,6 +97,20 @@ def test_qk_norms_are_out_of_the_default_preset_and_train_when_asked(comfy, fam_
     assert not [s for s in default.steering.sites if is_qk_norm(s)]
 
 
+@pytest.mark.parametrize("family", ["flux_dev", "chroma"])
+def test_norms_that_are_not_sites_survive_the_in_place_residual_updates(comfy, fam_dir, family):
+    """Sites chosen so a norm between them is not one (a custom regex; also what happens when the preset
+    drops a site that sees only the conditioning, as txt_norm2 does on a Flux whose text stream does not yet
+    read the image): its saved input used to be changed in place by the block (``txt += ...``) before
+    backward, "modified by an inplace operation". Found by the DiT style benchmark."""
+    model, vae, cond = _load(fam_dir, family)
+    regex = r"double_blocks\.0\.img_norm1|single_blocks\.0\.pre_norm"
+    ref = _node(comfy, "LineasTrainStyle", **_train_inputs(model, vae, cond, f"gap_{family}", sites="custom regex",
+                                                             custom_regex=regex))[0]
+    assert sorted(ref.steering.sites) == ["double_blocks.0.img_norm1", "single_blocks.0.pre_norm"]
+    assert ((ref.steering.weight("double_blocks.0.img_norm1") - 1).abs() > 0).any()
+
+
 def test_video_vae_encodes_each_image_as_its_own_one_frame_video(comfy):
     """Wan 2.1's VAE (ComfyUI's class, built from its keys) encodes [N, H, W, C] as ONE N-frame video;
     the training encodes per image: N latents of one frame each."""
