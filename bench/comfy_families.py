@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 __all__ = ["Family", "FAMILIES", "LoadedFamily", "build_state_dict", "write_family", "load_family",
-           "make_conditioning", "make_vae", "WEIGHT_DTYPES"]
+           "load_file", "make_conditioning", "make_vae", "WEIGHT_DTYPES"]
 
 # UNETLoader's weight_dtype choices (nodes.py UNETLoader.load_unet) as model_options
 WEIGHT_DTYPES = {"default": {}, "fp32": {"dtype": torch.float32}, "bf16": {"dtype": torch.bfloat16},
@@ -227,14 +227,22 @@ def load_family(family: Family | str, folder: Path, weight_dtype: str = "default
     import comfy.sd
 
     fam = FAMILIES[family] if isinstance(family, str) else family
-    path = write_family(fam, folder, real_width, seed)
+    return load_file(fam, write_family(fam, folder, real_width, seed), fam.config(real_width), weight_dtype)
+
+
+def load_file(fam: Family, path: Path, build: dict, weight_dtype: str = "default") -> LoadedFamily:
+    """Load a diffusion-model file of ``fam`` with UNETLoader's function; ``build``: the unet_config it was
+    built with (the keys detection cannot read from the file are set from it)."""
+    import comfy.sd
+
     record: dict = {}
     # under inference mode, as ComfyUI's executor runs the UNETLoader node: the weights are inference tensors
-    with torch.inference_mode(), _build_config_after_detection(fam, fam.config(real_width), record):
+    with torch.inference_mode(), _build_config_after_detection(fam, build, record):
         model = comfy.sd.load_diffusion_model(str(path), model_options=dict(WEIGHT_DTYPES[weight_dtype]))
     if type(model.model.model_config).__name__ != fam.config_class:
-        raise RuntimeError(f"{path.name} loaded as {type(model.model.model_config).__name__}, not {fam.config_class}")
-    return LoadedFamily(fam, model, path, record)
+        raise RuntimeError(f"{Path(path).name} loaded as {type(model.model.model_config).__name__}, "
+                           f"not {fam.config_class}")
+    return LoadedFamily(fam, model, Path(path), record)
 
 
 def make_conditioning(family: Family | str, seed: int = 0, tokens: int | None = None, width: int | None = None):

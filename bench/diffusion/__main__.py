@@ -80,6 +80,31 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_train_dit(args) -> int:
+    from bench.diffusion.dit_recipe import DiTRecipeConfig, run
+
+    cfg = DiTRecipeConfig(seed=args.seed)
+    for attr, target, name in (("vae_steps", cfg.vae, "steps"), ("dit_steps", cfg.dit, "steps"),
+                               ("dit_batch", cfg.dit, "batch"), ("dit_hidden", cfg.dit, "hidden"),
+                               ("dit_depth", cfg.dit, "depth"), ("dit_single", cfg.dit, "single"),
+                               ("latent_crops", cfg, "latent_crops"), ("limit_per_class", cfg, "limit_per_class")):
+        if getattr(args, attr) is not None:
+            setattr(target, name, getattr(args, attr))
+    cfg.vae.log_every = max(1, min(cfg.vae.log_every, cfg.vae.steps // 10 or 1))
+    cfg.dit.log_every = max(1, min(cfg.dit.log_every, cfg.dit.steps // 10 or 1))
+    out = Path(args.out).expanduser()
+    report = run(cfg, out)
+    st = report["stages"]
+    print(f"out: {out}  ({report['seconds']:.1f} s, {report['threads']} threads)")
+    print(f"vae16: {st['vae']['steps']} steps  {st['vae']['seconds']:.1f} s  test psnr {st['vae']['test']['psnr']} dB")
+    d = st["dit"]
+    print(f"dit: {d['steps']} steps x {d['batch']}  {d['params'] / 1e6:.1f}M params  {d['seconds']:.1f} s  "
+          f"{d['s_per_step']:.3f} s/step  last loss {d['loss_curve'][-1][1] if d['loss_curve'] else None}  "
+          f"test v-mse (EMA) {d.get('eval_v_mse_ema')}")
+    print(f"judge: test accuracy round-trip {st['judge']['test_roundtrip']}  original {st['judge']['test_original']}")
+    return 0
+
+
 def cmd_sample(args) -> int:
     from bench.diffusion.sample import sample_grid
 
@@ -137,7 +162,25 @@ def cmd_steer(args) -> int:
     return 0
 
 
+def cmd_steer_dit(args) -> int:
+    from bench.diffusion.dit_recipe import FILES
+    from bench.diffusion.steer_dit import config_from_recipe, markdown, run
+
+    folder = Path(args.dir).expanduser()
+    if not (folder / FILES["report"]).is_file() or not (folder / FILES["dit"]).is_file():
+        sys.stderr.write(f"--dir {folder}: no trained DiT there: run `python -m bench.diffusion train-dit` first\n")
+        return 2
+    cfg = config_from_recipe(folder, eval_n=args.n, train_steps=args.train_steps, learning_rate=args.lr,
+                             batch_size=args.batch_size, strengths=tuple(args.strengths), sample_steps=args.steps,
+                             presets=tuple(args.presets), noise_levels=args.noise_levels)
+    res = run(cfg, Path(args.out).expanduser() if args.out else folder / "steer_bench")
+    print(markdown(res))
+    print(json.dumps(res["comparison"], indent=1))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    from bench.diffusion.dit_recipe import default_out as dit_out
     from bench.diffusion.recipe import CKPT_NAME, FILES, default_out
 
     ap = argparse.ArgumentParser(prog="python -m bench.diffusion", description=__doc__,
@@ -149,6 +192,18 @@ def main(argv: list[str] | None = None) -> int:
     tr.add_argument("--samples", type=int, default=16, help="images to generate through ComfyUI at the end (0: none)")
     tr.add_argument("--sample-seed", type=int, default=0)
     tr.add_argument("--sample-steps", type=int, default=20)
+    td = sub.add_parser("train-dit", help="the DiT variant: 16-channel TAESD + a reduced Flux (ComfyUI's class)")
+    td.add_argument("--out", default=str(dit_out()))
+    td.add_argument("--threads", type=int, default=0)
+    td.add_argument("--seed", type=int, default=0)
+    td.add_argument("--vae-steps", type=int)
+    td.add_argument("--dit-steps", type=int)
+    td.add_argument("--dit-batch", type=int)
+    td.add_argument("--dit-hidden", type=int, help="a multiple of 128")
+    td.add_argument("--dit-depth", type=int, help="double-stream blocks")
+    td.add_argument("--dit-single", type=int, help="single-stream blocks")
+    td.add_argument("--latent-crops", type=int)
+    td.add_argument("--limit-per-class", type=int)
     sa = sub.add_parser("sample", help="generate an image grid from a checkpoint through ComfyUI's nodes")
     sa.add_argument("--ckpt", required=True)
     sa.add_argument("--out", required=True, help="grid PNG")
@@ -176,6 +231,18 @@ def main(argv: list[str] | None = None) -> int:
     st.add_argument("--source-seed", type=int, default=1000, help="seed of the 32 source generations")
     st.add_argument("--eval-seed", type=int, default=0, help="seed of the evaluation samples (all strengths)")
     st.add_argument("--threads", type=int, default=0)
+    sd = sub.add_parser("steer-dit", help="the style-steering benchmark on the DiT: QK norms in or out")
+    sd.add_argument("--dir", default=str(dit_out()), help="the train-dit output folder")
+    sd.add_argument("--out", default="", help="default: DIR/steer_bench")
+    sd.add_argument("--n", type=int, default=128, help="samples per strength")
+    sd.add_argument("--steps", type=int, default=20, help="sampler steps")
+    sd.add_argument("--train-steps", type=int, default=150)
+    sd.add_argument("--lr", type=float, default=0.01)
+    sd.add_argument("--batch-size", type=int, default=64)
+    sd.add_argument("--noise-levels", type=int, default=8)
+    sd.add_argument("--strengths", type=float, nargs="+", default=[0.0, 0.1, 0.25, 0.5, 0.75, 1.0])
+    sd.add_argument("--presets", nargs="+", default=["all norms", "all norms + QK norms"])
+    sd.add_argument("--threads", type=int, default=0)
     ti = sub.add_parser("time", help="seconds per training step (a few steps of each stage)")
     _common(ti)
     ti.add_argument("--steps", type=int, default=5)
@@ -183,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     if args.threads:
         torch.set_num_threads(args.threads)
-    return {"train": cmd_train, "sample": cmd_sample, "time": cmd_time, "steer": cmd_steer}[args.cmd](args)
+    return {"train": cmd_train, "train-dit": cmd_train_dit, "steer-dit": cmd_steer_dit, "sample": cmd_sample, "time": cmd_time, "steer": cmd_steer}[args.cmd](args)
 
 
 if __name__ == "__main__":

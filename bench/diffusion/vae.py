@@ -1,11 +1,12 @@
 """A TAESD-format autoencoder (ComfyUI's ``comfy.taesd.taesd.TAESD``, so a checkpoint's
 ``first_stage_model.taesd_decoder.1.weight`` makes ComfyUI build exactly this model), trained from scratch
-on the 64 px style images: 3x64x64 -> 4x8x8 latents.
+on the 64 px style images: 3x64x64 -> 4x8x8 latents (SD1.5's latent format), or 16x8x8 for a Flux-format model
+(``LatentFormat``; the DiT benchmark, ``dit.py``).
 
 Scaling, as ComfyUI applies it: ``TAESD.encode(x) = encoder(x01) / vae_scale + vae_shift`` and
-``decode(z) = decoder((z - vae_shift) * vae_scale)``, and the SD1.5 model multiplies VAE latents by its
-latent format's 0.18215 before the UNet (and divides after). ``calibrate_`` sets the two buffers so the
-latents the UNet sees are the raw encoder outputs standardised: zero mean, unit std."""
+``decode(z) = decoder((z - vae_shift) * vae_scale)``, and the model's latent format maps VAE latents to what the
+diffusion model sees with ``(z - shift) * scale`` (SD1.5: shift 0, scale 0.18215; Flux: 0.1159, 0.3611). ``calibrate_``
+sets the two buffers so the latents the model sees are the raw encoder outputs standardised: zero mean, unit std."""
 
 from __future__ import annotations
 
@@ -27,6 +28,19 @@ log = logging.getLogger(__name__)
 SD15_SCALE = 0.18215  # ComfyUI latent_formats.SD15.scale_factor
 
 
+@dataclass(frozen=True)
+class LatentFormat:
+    """ComfyUI's ``latent_formats.*``: channels, and ``process_in(z) = (z - shift) * scale``."""
+
+    channels: int
+    scale: float
+    shift: float = 0.0
+
+
+SD15 = LatentFormat(4, SD15_SCALE)
+FLUX = LatentFormat(16, 0.3611, 0.1159)  # latent_formats.Flux
+
+
 @dataclass
 class VAEConfig:
     steps: int = 2000
@@ -43,12 +57,12 @@ class VAEConfig:
         return {k: v for k, v in asdict(self).items() if k != "log_every"}
 
 
-def build_taesd(seed: int):
+def build_taesd(seed: int, channels: int = 4):
     require_comfy()
     from comfy.taesd.taesd import TAESD
 
     torch.manual_seed(seed)
-    model = TAESD()
+    model = TAESD(latent_channels=channels)
     init_default_(model)
     with torch.no_grad():
         model.vae_scale.fill_(1.0)
@@ -74,9 +88,9 @@ def _loss(model, x: torch.Tensor, cfg: VAEConfig, gen: torch.Generator | None) -
     return loss, {"mse": mse.item(), "reg": reg.item()}
 
 
-def train_vae(data: StyleData, cfg: VAEConfig, seed: int = 0):
+def train_vae(data: StyleData, cfg: VAEConfig, seed: int = 0, fmt: LatentFormat = SD15):
     """Returns (calibrated TAESD, stats). Deterministic for a seed and a thread count."""
-    model = build_taesd(seed).to(memory_format=torch.channels_last)  # faster CPU convolutions
+    model = build_taesd(seed, fmt.channels).to(memory_format=torch.channels_last)  # faster CPU convolutions
     params = [p for n, p in model.named_parameters() if n not in ("vae_scale", "vae_shift")]
     opt, sched = adamw(params, cfg.lr, cfg.steps, min(cfg.warmup, max(1, cfg.steps // 10)))
     gen = torch.Generator().manual_seed(seed + 1)
@@ -104,13 +118,13 @@ def train_vae(data: StyleData, cfg: VAEConfig, seed: int = 0):
     seconds = time.perf_counter() - t0
     model = model.to(memory_format=torch.contiguous_format)
     raw = encode_raw(model, torch.cat([data.x_train, data.x_train.flip(-1)]))
-    calibrate_(model, raw)
+    calibrate_(model, raw, fmt)
     stats = {"steps": cfg.steps, "batch": cfg.batch, "seconds": round(seconds, 2),
              "s_per_step": round(seconds / max(1, cfg.steps), 4),
              "s_per_step_median": round(statistics.median(step_times), 4) if step_times else None, "mse_curve": curve,
              "raw_latent_mean": raw.mean().item(), "raw_latent_std": raw.std().item(),
              "raw_channel_std": [round(v, 4) for v in raw.std(dim=(0, 2, 3)).tolist()],
-             "train": evaluate(model, data.x_train), "test": evaluate(model, data.x_test)}
+             "train": evaluate(model, data.x_train, fmt), "test": evaluate(model, data.x_test, fmt)}
     log.info("vae: %d steps in %.1f s; test mse %.5f psnr %.2f dB", cfg.steps, seconds, stats["test"]["mse"],
              stats["test"]["psnr"])
     return model, stats
@@ -122,36 +136,38 @@ def encode_raw(model, x01: torch.Tensor, batch: int = 64) -> torch.Tensor:
     return torch.cat([model.taesd_encoder(x01[i:i + batch]) for i in range(0, x01.shape[0], batch)])
 
 
-def calibrate_(model, raw: torch.Tensor) -> None:
-    """Set vae_scale / vae_shift so ``encode(x) * SD15_SCALE == (raw - mean) / std``; decode inverts it."""
+def calibrate_(model, raw: torch.Tensor, fmt: LatentFormat = SD15) -> None:
+    """Set vae_scale / vae_shift so ``(encode(x) - fmt.shift) * fmt.scale == (raw - mean) / std``; decode
+    inverts it."""
     m, s = raw.mean().item(), raw.std().item()
     with torch.no_grad():
-        model.vae_scale.fill_(SD15_SCALE * s)
-        model.vae_shift.fill_(-m / (s * SD15_SCALE))
+        model.vae_scale.fill_(fmt.scale * s)
+        model.vae_shift.fill_(fmt.shift - m / (s * fmt.scale))
 
 
 @torch.no_grad()
-def to_latents(model, x01: torch.Tensor, batch: int = 64) -> torch.Tensor:
-    """What the UNet sees for images x01 [N, 3, H, W] (ComfyUI: VAEEncode then the model's process_in)."""
-    return torch.cat([model.encode(x01[i:i + batch] * 2 - 1) * SD15_SCALE for i in range(0, x01.shape[0], batch)])
+def to_latents(model, x01: torch.Tensor, batch: int = 64, fmt: LatentFormat = SD15) -> torch.Tensor:
+    """What the diffusion model sees for images x01 [N, 3, H, W] (ComfyUI: VAEEncode then process_in)."""
+    return torch.cat([(model.encode(x01[i:i + batch] * 2 - 1) - fmt.shift) * fmt.scale
+                      for i in range(0, x01.shape[0], batch)])
 
 
 @torch.no_grad()
-def to_images(model, latents: torch.Tensor, batch: int = 64) -> torch.Tensor:
+def to_images(model, latents: torch.Tensor, batch: int = 64, fmt: LatentFormat = SD15) -> torch.Tensor:
     """Inverse of ``to_latents`` (ComfyUI: process_out then VAEDecode); [N, 3, H, W] in 0..1."""
-    out = [model.decode(latents[i:i + batch] / SD15_SCALE).add(1).div(2).clamp(0, 1)
+    out = [model.decode(latents[i:i + batch] / fmt.scale + fmt.shift).add(1).div(2).clamp(0, 1)
            for i in range(0, latents.shape[0], batch)]
     return torch.cat(out)
 
 
 @torch.no_grad()
-def roundtrip(model, x01: torch.Tensor) -> torch.Tensor:
-    return to_images(model, to_latents(model, x01))
+def roundtrip(model, x01: torch.Tensor, fmt: LatentFormat = SD15) -> torch.Tensor:
+    return to_images(model, to_latents(model, x01, fmt=fmt), fmt=fmt)
 
 
 @torch.no_grad()
-def evaluate(model, x01: torch.Tensor) -> dict:
+def evaluate(model, x01: torch.Tensor, fmt: LatentFormat = SD15) -> dict:
     if x01.shape[0] == 0:
         return {"mse": float("nan"), "psnr": float("nan")}
-    mse = F.mse_loss(roundtrip(model, x01), x01).item()
+    mse = F.mse_loss(roundtrip(model, x01, fmt), x01).item()
     return {"mse": round(mse, 6), "psnr": round(10 * math.log10(1 / max(mse, 1e-12)), 3)}

@@ -1,0 +1,185 @@
+"""A reduced Flux DiT (ComfyUI's own ``comfy.ldm.flux.model.Flux``, built by ``supported_models.FluxSchnell``:
+double- and single-stream blocks with Flux's QK RMSNorms, rotary positions, 2x2 patches of 16-channel
+latents), trained unconditionally (text tokens and pooled vector all zeros, as a ConditioningZeroOut gives)
+with rectified flow on precomputed 16-channel VAE latents, in Flux's own parametrisation: ComfyUI's
+``ModelSamplingFlux`` (shift 1, schnell's) feeds the model ``x_t = (1 - s) x0 + s noise`` with timestep ``s``
+and takes ``x_t - s * out`` as the clean estimate, so the model learns ``out = noise - x0``.
+
+It exists to measure on the style benchmark whether DiT QK norms belong in the steered sites (issue 13)."""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from bench.comfy_runtime import init_default_, require_comfy
+from bench.diffusion.optim import EMA, adamw
+from bench.diffusion.unet import _load_state, _save_state
+
+log = logging.getLogger(__name__)
+
+CONTEXT_DIM, POOLED_DIM = 4096, 768  # Flux's T5-XXL tokens and CLIP-L pooled vector
+CONFIG_CLASS = "FluxSchnell"
+
+
+@dataclass
+class DiTConfig:
+    hidden: int = 256  # a multiple of 128 (Flux's head width; axes_dim 16+56+56)
+    depth: int = 2  # double-stream blocks
+    single: int = 4  # single-stream blocks
+    tokens: int = 8  # zero text tokens in training and sampling (their count changes the attention)
+    steps: int = 3000
+    batch: int = 32
+    lr: float = 3e-4
+    warmup: int = 200
+    weight_decay: float = 0.0
+    ema: float = 0.999
+    logit_normal: bool = True  # timesteps ~ sigmoid(N(0, 1)) as SD3 / Flux are trained; else uniform
+    bf16: bool = True
+    log_every: int = 100
+
+    def key(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k != "log_every"}
+
+    def arch(self) -> dict:
+        """The unet_config ComfyUI's FluxSchnell builds the model from (detection sets hidden 3072 / 24
+        heads for Flux whatever the file holds: the load sets these back, see ``load_model``)."""
+        return {"image_model": "flux", "in_channels": 16, "patch_size": 2, "out_channels": 16,
+                "vec_in_dim": POOLED_DIM, "context_in_dim": CONTEXT_DIM, "hidden_size": self.hidden,
+                "mlp_ratio": 4.0, "num_heads": self.hidden // 128, "depth": self.depth,
+                "depth_single_blocks": self.single, "axes_dim": [16, 56, 56], "theta": 10000, "qkv_bias": True,
+                "guidance_embed": False}
+
+
+ZERO_INIT = (".img_attn.proj.", ".txt_attn.proj.", ".img_mlp.2.", ".txt_mlp.2.", ".linear2.", "final_layer.linear.")
+
+
+def build_dit(cfg: DiTConfig, seed: int):
+    """ComfyUI's Flux module: torch default init, RMSNorm scales 1, residual-branch outputs and the final
+    projection zeroed (each block starts as the identity)."""
+    require_comfy()
+    import comfy.supported_models as sm
+
+    mc = getattr(sm, CONFIG_CLASS)(cfg.arch())
+    mc.set_inference_dtype(torch.float32, None)
+    torch.manual_seed(seed)
+    with torch.device("cpu"):
+        dm = mc.get_model({}, "").diffusion_model
+    init_default_(dm)
+    with torch.no_grad():
+        for name, p in dm.named_parameters():
+            if name.endswith(".scale"):
+                p.fill_(1.0)
+            if any(z in f".{name}" for z in ZERO_INIT):
+                p.zero_()
+    return dm
+
+
+def _copy_norm_inputs(dm) -> list:
+    """Flux updates its residual streams in place (``x += ...``) after a LayerNorm saved them for backward;
+    a forward pre-hook gives each LayerNorm a copy (training only; handles are removed after)."""
+
+    def pre(_m, args):
+        return tuple(a.clone() if torch.is_tensor(a) else a for a in args)
+
+    return [m.register_forward_pre_hook(pre) for m in dm.modules() if isinstance(m, torch.nn.LayerNorm)]
+
+
+def zero_text(batch: int, tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.zeros(batch, tokens, CONTEXT_DIM), torch.zeros(batch, POOLED_DIM)
+
+
+def _loss(dm, x0, s, noise, tokens: int) -> torch.Tensor:
+    sv = s.view(-1, 1, 1, 1)
+    xt = (1 - sv) * x0 + sv * noise
+    ctx, y = zero_text(x0.shape[0], tokens)
+    out = dm(xt, s, ctx, y=y)
+    return F.mse_loss(out.float(), noise - x0)
+
+
+def _draw_sigma(n: int, gen: torch.Generator, logit_normal: bool) -> torch.Tensor:
+    if logit_normal:
+        return torch.sigmoid(torch.randn(n, generator=gen))
+    return torch.rand(n, generator=gen)
+
+
+@torch.no_grad()
+def eval_loss(dm, latents: torch.Tensor, tokens: int, seed: int = 1234, repeats: int = 2, batch: int = 64) -> float:
+    """Velocity MSE at fixed uniform (sigma, noise) draws: comparable across runs and configs."""
+    if latents.shape[0] == 0:
+        return float("nan")
+    gen = torch.Generator().manual_seed(seed)
+    total, count = 0.0, 0
+    for _ in range(repeats):
+        for i in range(0, latents.shape[0], batch):
+            x0 = latents[i:i + batch]
+            s = torch.rand(x0.shape[0], generator=gen)
+            noise = torch.randn(x0.shape, generator=gen)
+            total += _loss(dm, x0, s, noise, tokens).item() * x0.shape[0]
+            count += x0.shape[0]
+    return total / count
+
+
+def train_dit(latents: torch.Tensor, cfg: DiTConfig, seed: int = 0, eval_latents: torch.Tensor | None = None, *,
+              resume: Path | None = None, key: str = "", save_every: int = 200):
+    """latents: [N, 16, 8, 8] as the model sees them (process_in applied, ~unit std). Returns (EMA state
+    dict with Flux's key names, stats). Resumable as ``train_unet`` (same state file format)."""
+    dm = build_dit(cfg, seed)
+    n_params = sum(p.numel() for p in dm.parameters())
+    opt, sched = adamw(dm.parameters(), cfg.lr, cfg.steps, min(cfg.warmup, max(1, cfg.steps // 10)),
+                       weight_decay=cfg.weight_decay)
+    ema = EMA(dm, cfg.ema)
+    gen = torch.Generator().manual_seed(seed + 1)
+    n = latents.shape[0]
+    run = {"step": 0, "curve": [], "step_times": [], "elapsed": 0.0}
+    if resume is not None and Path(resume).is_file():
+        run = _load_state(Path(resume), key, dm, ema, opt, sched, gen) or run
+        if run["step"]:
+            log.info("dit: resuming at step %d/%d from %s", run["step"], cfg.steps, resume)
+    curve, step_times, window = run["curve"], run["step_times"], []
+    handles = _copy_norm_inputs(dm)
+    t0 = time.perf_counter() - run["elapsed"]
+    try:
+        for step in range(run["step"], cfg.steps):
+            t_step = time.perf_counter()
+            x0 = latents[torch.randint(0, n, (min(cfg.batch, n),), generator=gen)]
+            s = _draw_sigma(x0.shape[0], gen, cfg.logit_normal)
+            noise = torch.randn(x0.shape, generator=gen)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+                loss = _loss(dm, x0, s, noise, cfg.tokens)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(dm.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            ema.update(dm)
+            window.append(loss.item())
+            step_times.append(time.perf_counter() - t_step)
+            if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+                el = time.perf_counter() - t0
+                curve.append([step + 1, round(sum(window) / len(window), 5)])
+                window = []
+                log.info("dit step %d/%d loss %.4f  %.3f s/step", step + 1, cfg.steps, curve[-1][1], el / (step + 1))
+            if resume is not None and (step + 1) % save_every == 0 and step + 1 < cfg.steps:
+                _save_state(Path(resume), key, step + 1, dm, ema, opt, sched, gen,
+                            {"curve": curve, "step_times": step_times, "elapsed": time.perf_counter() - t0})
+    finally:
+        for h in handles:
+            h.remove()
+    seconds = time.perf_counter() - t0
+    stats = {"steps": cfg.steps, "batch": cfg.batch, "params": n_params, "seconds": round(seconds, 2),
+             "s_per_step": round(seconds / max(1, cfg.steps), 4),
+             "s_per_step_median": round(statistics.median(step_times), 4) if step_times else None, "loss_curve": curve}
+    if eval_latents is not None:
+        dm.load_state_dict(ema.shadow)
+        stats["eval_v_mse_ema"] = round(eval_loss(dm, eval_latents, cfg.tokens), 5)
+    log.info("dit: %d steps in %.1f s (%d params)", cfg.steps, seconds, n_params)
+    if resume is not None:
+        Path(resume).unlink(missing_ok=True)
+    return ema.state_dict(), stats
