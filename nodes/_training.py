@@ -59,11 +59,13 @@ def choose_sites(dm, preset: str, regex: str) -> list[str]:
 
 
 def _norm_modules(dm) -> list[str]:
-    """Every norm layer, sites or not: a norm that is not a site still saves its input for backward when a
-    steering upstream makes that input require grad, and DiT blocks then update it in place (Flux's text
-    stream after ``txt_norm2``, once that site is dropped as seeing only the conditioning)."""
+    """Every norm layer of the residual streams, sites or not: a norm that is not a site still saves its
+    input for backward when a steering upstream makes that input require grad, and DiT blocks then update
+    it in place (Flux's text stream after ``txt_norm2``, once that site is dropped as seeing only the
+    conditioning). QK norms are left out unless they are sites: their inputs are views of the qkv
+    projection, not updated in place, and a copy of q and k in every block would cost GBs at 1024 px."""
     try:
-        return find_sites(dm, preset="norms")
+        return [n for n in find_sites(dm, preset="norms") if not is_qk_norm(n)]
     except NoMatchingSiteError:
         return []
 
