@@ -172,7 +172,8 @@ def cmd_steer_dit(args) -> int:
         return 2
     cfg = config_from_recipe(folder, eval_n=args.n, train_steps=args.train_steps, learning_rate=args.lr,
                              batch_size=args.batch_size, strengths=tuple(args.strengths), sample_steps=args.steps,
-                             presets=tuple(args.presets), noise_levels=args.noise_levels)
+                             presets=tuple(args.presets), noise_levels=args.noise_levels,
+                             source_seed=args.source_seed, eval_seed=args.eval_seed)
     res = run(cfg, Path(args.out).expanduser() if args.out else folder / "steer_bench")
     print(markdown(res))
     print(json.dumps(res["comparison"], indent=1))
@@ -242,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     sd.add_argument("--noise-levels", type=int, default=8)
     sd.add_argument("--strengths", type=float, nargs="+", default=[0.0, 0.1, 0.25, 0.5, 0.75, 1.0])
     sd.add_argument("--presets", nargs="+", default=["all norms", "all norms + QK norms"])
+    sd.add_argument("--source-seed", type=int, default=1000, help="seed of the 32 source generations")
+    sd.add_argument("--eval-seed", type=int, default=0, help="seed of the evaluation samples (all strengths)")
     sd.add_argument("--threads", type=int, default=0)
     ti = sub.add_parser("time", help="seconds per training step (a few steps of each stage)")
     _common(ti)
