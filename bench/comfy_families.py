@@ -224,7 +224,6 @@ def _build_config_after_detection(family: Family, build: dict, record: dict):
 def load_family(family: Family | str, folder: Path, weight_dtype: str = "default", real_width: bool = False,
                 seed: int = 0) -> LoadedFamily:
     """Write the family's file (cached) and load it with UNETLoader's function and weight_dtype option."""
-    import comfy.sd
 
     fam = FAMILIES[family] if isinstance(family, str) else family
     return load_file(fam, write_family(fam, folder, real_width, seed), fam.config(real_width), weight_dtype)

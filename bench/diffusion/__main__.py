@@ -1,7 +1,8 @@
 """``python -m bench.diffusion train --out DIR`` (the recipe; a tiny check: ``--vae-steps 20 --unet-steps
 20``), ``python -m bench.diffusion sample --ckpt FILE --out grid.png`` (through ComfyUI's nodes),
 ``python -m bench.diffusion steer`` (the style-steering benchmark through ComfyUI's nodes),
-``python -m bench.diffusion time`` (seconds per training step of each stage, to size a full run).
+``python -m bench.diffusion time`` (seconds per training step of each stage, to size a full run),
+``python -m bench.diffusion train-dit`` / ``steer-dit`` (a Flux DiT and the QK-norm benchmark on it).
 Set OMP_NUM_THREADS / --threads to the cores you mean to use."""
 
 from __future__ import annotations
@@ -173,7 +174,7 @@ def cmd_steer_dit(args) -> int:
     cfg = config_from_recipe(folder, eval_n=args.n, train_steps=args.train_steps, learning_rate=args.lr,
                              batch_size=args.batch_size, strengths=tuple(args.strengths), sample_steps=args.steps,
                              presets=tuple(args.presets), noise_levels=args.noise_levels,
-                             source_seed=args.source_seed, eval_seed=args.eval_seed)
+                             source_seed=args.source_seed, eval_seed=args.eval_seed, regex=args.regex)
     res = run(cfg, Path(args.out).expanduser() if args.out else folder / "steer_bench")
     print(markdown(res))
     print(json.dumps(res["comparison"], indent=1))
@@ -243,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     sd.add_argument("--noise-levels", type=int, default=8)
     sd.add_argument("--strengths", type=float, nargs="+", default=[0.0, 0.1, 0.25, 0.5, 0.75, 1.0])
     sd.add_argument("--presets", nargs="+", default=["all norms", "all norms + QK norms"])
+    sd.add_argument("--regex", default="", help="sites of the preset 'custom regex', e.g. '.*(query|key)_norm'")
     sd.add_argument("--source-seed", type=int, default=1000, help="seed of the 32 source generations")
     sd.add_argument("--eval-seed", type=int, default=0, help="seed of the evaluation samples (all strengths)")
     sd.add_argument("--threads", type=int, default=0)
@@ -253,7 +255,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     if args.threads:
         torch.set_num_threads(args.threads)
-    return {"train": cmd_train, "train-dit": cmd_train_dit, "steer-dit": cmd_steer_dit, "sample": cmd_sample, "time": cmd_time, "steer": cmd_steer}[args.cmd](args)
+    commands = {"train": cmd_train, "train-dit": cmd_train_dit, "sample": cmd_sample, "time": cmd_time,
+                "steer": cmd_steer, "steer-dit": cmd_steer_dit}
+    return commands[args.cmd](args)
 
 
 if __name__ == "__main__":

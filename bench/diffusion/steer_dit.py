@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from bench.diffusion import metrics
-from bench.diffusion.dit import CONFIG_CLASS, POOLED_DIM, CONTEXT_DIM, DiTConfig
 from bench.diffusion.data import load_image
+from bench.diffusion.dit import CONFIG_CLASS, CONTEXT_DIM, POOLED_DIM, DiTConfig
 from bench.diffusion.sample import save_png, tile
 from bench.diffusion.steer_bench import BenchConfig, sweep_grid, target_folder
 from lineas_engine import atomic_write_bytes
@@ -39,13 +39,14 @@ PRESETS = ("all norms", "all norms + QK norms")
 class DiTBenchConfig(BenchConfig):
     vae: str = ""
     presets: tuple[str, ...] = PRESETS
+    regex: str = ""  # for the preset "custom regex" (e.g. only the QK norms: .*(query|key)_norm)
     scheduler: str = "simple"  # Flux's usual scheduler in ComfyUI workflows
     sampler: str = "euler"
     dit: dict = field(default_factory=dict)  # the DiTConfig the file was trained with (the recipe's report.json)
 
 
-def _node(comfy, node_id: str, **inputs):
-    cls = comfy.nodes.NODE_CLASS_MAPPINGS[node_id].PREPARE_CLASS_CLONE({"unique_id": f"bench-{node_id}"})
+def _node(host, node_id: str, **inputs):
+    cls = host.nodes.NODE_CLASS_MAPPINGS[node_id].PREPARE_CLASS_CLONE({"unique_id": f"bench-{node_id}"})
     with torch.inference_mode():  # as ComfyUI's executor runs every node
         return cls.EXECUTE_NORMALIZED(**inputs).args
 
@@ -61,13 +62,13 @@ def zero_conditioning(tokens: int) -> list:
     return [[torch.zeros(1, tokens, CONTEXT_DIM), {"pooled_output": torch.zeros(1, POOLED_DIM)}]]
 
 
-def generate(comfy, model, vae, cond, n: int, seed: int, cfg: DiTBenchConfig) -> np.ndarray:
+def generate(host, model, vae, cond, n: int, seed: int, cfg: DiTBenchConfig) -> np.ndarray:
     """KSampler (cfg 1) from an empty 16-channel latent -> VAEDecode -> uint8 as SaveImage writes them."""
     latent = {"samples": torch.zeros(n, 16, cfg.size // 8, cfg.size // 8)}
     with torch.inference_mode():
-        samples = comfy.nodes.KSampler().sample(model, seed, cfg.sample_steps, 1.0, cfg.sampler, cfg.scheduler,
+        samples = host.nodes.KSampler().sample(model, seed, cfg.sample_steps, 1.0, cfg.sampler, cfg.scheduler,
                                                 cond, cond, latent, 1.0)[0]
-        images = comfy.nodes.VAEDecode().decode(vae, samples)[0]
+        images = host.nodes.VAEDecode().decode(vae, samples)[0]
     return np.clip(255.0 * images.float().cpu().numpy(), 0, 255).astype(np.uint8)
 
 
@@ -93,41 +94,40 @@ def run(cfg: DiTBenchConfig, out: Path, host=None) -> dict:
         from bench.comfy_runtime import InProcessComfy
 
         host = InProcessComfy(Path(tempfile.mkdtemp(prefix="lineas-steer-dit-")), tiny_checkpoint=False)
-    comfy = host
     import comfy.sd as comfy_sd
+
     dit = DiTConfig(**cfg.dit)
     lf = load_model(Path(cfg.ckpt), dit)
     model = lf.model
     vae = comfy_sd.VAE(sd=load_tensors(Path(cfg.vae)))
     judge = Judge.load(Path(cfg.judge))
     cond = zero_conditioning(dit.tokens)
-    target = Path(tempfile.mkdtemp(prefix="lineas-dit-target-")) / "target"
-    names = target_folder(cfg, target)
-    files = sorted(target.iterdir())
-    target_u8 = np.stack([load_image(f, cfg.size) for f in files])
+    with tempfile.TemporaryDirectory(prefix="lineas-dit-target-") as tmp:  # the recipe's train illustrations
+        names = target_folder(cfg, Path(tmp) / "target")
+        target_u8 = np.stack([load_image(f, cfg.size) for f in sorted((Path(tmp) / "target").iterdir())])
     save_png(tile(target_u8, cols=8), out / "target.png")
     target_images = torch.from_numpy(target_u8).float() / 255
     strengths = sorted({0.0, *map(float, cfg.strengths)})
     res: dict = {"config": asdict(cfg), "target_images": names, "threads": torch.get_num_threads(),
                  "detection_overrides": {k: list(v) for k, v in lf.overridden.items()}, "presets": {}}
     t = time.perf_counter()
-    source = generate(comfy, model, vae, cond, cfg.source_n, cfg.source_seed, cfg)
+    source = generate(host, model, vae, cond, cfg.source_n, cfg.source_seed, cfg)
     res["source_seconds"] = round(time.perf_counter() - t, 1)
     res["source"] = metrics.illustration_stats(judge.prob_illustration_uint8(source).numpy())
     save_png(tile(source[:32], cols=8), out / "source.png")
     source_images = torch.from_numpy(source).float() / 255
-    reference = generate(comfy, model, vae, cond, cfg.eval_n, cfg.eval_seed, cfg)
+    reference = generate(host, model, vae, cond, cfg.eval_n, cfg.eval_seed, cfg)
     res["unsteered"] = metrics.illustration_stats(judge.prob_illustration_uint8(reference).numpy())
     for preset in cfg.presets:
         tag = preset.replace(" + ", "_").replace(" ", "_")
         name = f"dit_{tag}_{time.time_ns()}"
-        lineas_dir = comfy.output_dir / "lineas"
+        lineas_dir = host.output_dir / "lineas"
         before = set(lineas_dir.glob("*.safetensors")) if lineas_dir.exists() else set()
         t = time.perf_counter()
         ref, _curve, summary = _node(
-            comfy, "LineasTrainStyle", model=model, vae=vae, target_folder="", source_folder="",
+            host, "LineasTrainStyle", model=model, vae=vae, target_folder="", source_folder="",
             steps=cfg.train_steps, learning_rate=cfg.learning_rate, optimizer="adamw", sparsity=0.0, sites=preset,
-            custom_regex="", noise_start=cfg.noise_start, noise_end=cfg.noise_end, noise_levels=cfg.noise_levels,
+            custom_regex=cfg.regex if preset == "custom regex" else "", noise_start=cfg.noise_start, noise_end=cfg.noise_end, noise_levels=cfg.noise_levels,
             resolution=cfg.size, resize="crop", batch_size=cfg.batch_size, micro_batch=0, seed=cfg.seed, name=name,
             method="lineas", target_images=target_images, source_images=source_images, conditioning=cond)
         train_s = time.perf_counter() - t
@@ -139,9 +139,9 @@ def run(cfg: DiTBenchConfig, out: Path, host=None) -> dict:
         t = time.perf_counter()
         per = []
         for s in strengths:
-            steered = _node(comfy, "LineasApply", model=model, steering=ref, strength=s, start_percent=0.0,
+            steered = _node(host, "LineasApply", model=model, steering=ref, strength=s, start_percent=0.0,
                             end_percent=1.0, invert=False, mode="hooks")[0]
-            per.append(generate(comfy, steered, vae, cond, cfg.eval_n, cfg.eval_seed, cfg))
+            per.append(generate(host, steered, vae, cond, cfg.eval_n, cfg.eval_seed, cfg))
         sample_s = time.perf_counter() - t
         if not np.array_equal(per[0], reference):
             raise RuntimeError("strength-0 samples differ from the unsteered model")
