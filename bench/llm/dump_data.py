@@ -4,7 +4,9 @@
 
 toxic.txt / clean.txt (the 32, or --n, most / least toxic of the 200 pool prompts), statements.txt (32 short neutral
 statements of another domain), heldout.txt (300 evaluation prompts), neutral.txt (500 evaluation passages),
-val_neutral.txt (the 100 validation passages after them, for --calibrate-on), calib.txt (the next 100)."""
+val_neutral.txt (the 100 validation passages after them, for --calibrate-on), calib.txt (the next 100),
+novels.txt (--n passages of novels after those 700, each cut to its first 13 words, about the toxic prompts'
+mean length: a neutral target of another domain than the prompts)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ import argparse
 from pathlib import Path
 
 from .protocol import prepare_data, short_statements
+
+NOVEL_WORDS = 13  # the 64 most toxic pool prompts average 12.5 words
 
 
 def main(argv=None) -> int:
@@ -21,7 +25,7 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=32, help="training texts per side (the N most / least toxic of the pool)")
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
-    from llm_sidecar.data import split
+    from llm_sidecar.data import neutral_sentences, split
     from llm_sidecar.judges import make_judge
     from llm_sidecar.models import load_model
 
@@ -31,7 +35,8 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     files = {"toxic": d.toxic, "clean": d.clean, "statements": split(short_statements(), 32, seed=0)[0],
              "heldout": d.held, "neutral": d.neutral, "val_neutral": d.val_neutral[:100],
-             "calib": d.val_neutral[100:200], "val_prompts": d.val_prompts}
+             "calib": d.val_neutral[100:200], "val_prompts": d.val_prompts,
+             "novels": [" ".join(t.split()[:NOVEL_WORDS]) for t in neutral_sentences()[700:700 + a.n]]}
     for name, texts in files.items():
         (out / f"{name}.txt").write_text("".join(t.replace("\n", " ") + "\n" for t in texts), encoding="utf-8")
         print(f"{out / name}.txt: {len(texts)}")
