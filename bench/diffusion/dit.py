@@ -10,8 +10,6 @@ It exists to measure on the style benchmark whether DiT QK norms belong in the s
 from __future__ import annotations
 
 import logging
-import statistics
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -19,8 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.comfy_runtime import init_default_, require_comfy
-from bench.diffusion.optim import EMA, adamw
-from bench.diffusion.unet import _load_state, _save_state
+from bench.diffusion.unet import run_training
 
 log = logging.getLogger(__name__)
 
@@ -131,55 +128,22 @@ def train_dit(latents: torch.Tensor, cfg: DiTConfig, seed: int = 0, eval_latents
     """latents: [N, 16, 8, 8] as the model sees them (process_in applied, ~unit std). Returns (EMA state
     dict with Flux's key names, stats). Resumable as ``train_unet`` (same state file format)."""
     dm = build_dit(cfg, seed)
-    n_params = sum(p.numel() for p in dm.parameters())
-    opt, sched = adamw(dm.parameters(), cfg.lr, cfg.steps, min(cfg.warmup, max(1, cfg.steps // 10)),
-                       weight_decay=cfg.weight_decay)
-    ema = EMA(dm, cfg.ema)
-    gen = torch.Generator().manual_seed(seed + 1)
     n = latents.shape[0]
-    run = {"step": 0, "curve": [], "step_times": [], "elapsed": 0.0}
-    if resume is not None and Path(resume).is_file():
-        run = _load_state(Path(resume), key, dm, ema, opt, sched, gen) or run
-        if run["step"]:
-            log.info("dit: resuming at step %d/%d from %s", run["step"], cfg.steps, resume)
-    curve, step_times, window = run["curve"], run["step_times"], []
+
+    def step_loss(gen: torch.Generator) -> torch.Tensor:
+        x0 = latents[torch.randint(0, n, (min(cfg.batch, n),), generator=gen)]
+        s = _draw_sigma(x0.shape[0], gen, cfg.logit_normal)
+        noise = torch.randn(x0.shape, generator=gen)
+        return _loss(dm, x0, s, noise, cfg.tokens)
+
     handles = _copy_norm_inputs(dm)
-    t0 = time.perf_counter() - run["elapsed"]
     try:
-        for step in range(run["step"], cfg.steps):
-            t_step = time.perf_counter()
-            x0 = latents[torch.randint(0, n, (min(cfg.batch, n),), generator=gen)]
-            s = _draw_sigma(x0.shape[0], gen, cfg.logit_normal)
-            noise = torch.randn(x0.shape, generator=gen)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-                loss = _loss(dm, x0, s, noise, cfg.tokens)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(dm.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            ema.update(dm)
-            window.append(loss.item())
-            step_times.append(time.perf_counter() - t_step)
-            if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
-                el = time.perf_counter() - t0
-                curve.append([step + 1, round(sum(window) / len(window), 5)])
-                window = []
-                log.info("dit step %d/%d loss %.4f  %.3f s/step", step + 1, cfg.steps, curve[-1][1], el / (step + 1))
-            if resume is not None and (step + 1) % save_every == 0 and step + 1 < cfg.steps:
-                _save_state(Path(resume), key, step + 1, dm, ema, opt, sched, gen,
-                            {"curve": curve, "step_times": step_times, "elapsed": time.perf_counter() - t0})
+        ema, stats = run_training(dm, cfg, seed, step_loss, name="dit", resume=resume, key=key,
+                                  save_every=save_every)
     finally:
         for h in handles:
             h.remove()
-    seconds = time.perf_counter() - t0
-    stats = {"steps": cfg.steps, "batch": cfg.batch, "params": n_params, "seconds": round(seconds, 2),
-             "s_per_step": round(seconds / max(1, cfg.steps), 4),
-             "s_per_step_median": round(statistics.median(step_times), 4) if step_times else None, "loss_curve": curve}
     if eval_latents is not None:
         dm.load_state_dict(ema.shadow)
         stats["eval_v_mse_ema"] = round(eval_loss(dm, eval_latents, cfg.tokens), 5)
-    log.info("dit: %d steps in %.1f s (%d params)", cfg.steps, seconds, n_params)
-    if resume is not None:
-        Path(resume).unlink(missing_ok=True)
     return ema.state_dict(), stats

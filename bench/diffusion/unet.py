@@ -121,28 +121,45 @@ def train_unet(latents: torch.Tensor, cfg: UNetConfig, seed: int = 0, eval_laten
     same file and key continues from it, to the same result as an uninterrupted run. The file is removed at
     the end. ``on_step(step)`` is called after each step (tests interrupt through it)."""
     model = build_unet(cfg, seed)
+    abar = alphas_cumprod()
+    n = latents.shape[0]
+
+    def step_loss(gen: torch.Generator) -> torch.Tensor:
+        x0 = latents[torch.randint(0, n, (min(cfg.batch, n),), generator=gen)]
+        t = torch.randint(0, TIMESTEPS, (x0.shape[0],), generator=gen)
+        noise = torch.randn(x0.shape, generator=gen)
+        return _loss(model, x0, t, noise, abar, cfg.min_snr_gamma)
+
+    ema, stats = run_training(model, cfg, seed, step_loss, name="unet", resume=resume, key=key,
+                              save_every=save_every, on_step=on_step)
+    if eval_latents is not None:
+        model.load_state_dict(ema.shadow)
+        stats["eval_eps_mse_ema"] = round(eval_loss(model, eval_latents), 5)
+    return ema.state_dict(), stats
+
+
+def run_training(model, cfg, seed: int, step_loss, *, name: str, resume: Path | None = None, key: str = "",
+                 save_every: int = 200, on_step=None):
+    """The loop both denoiser stages share (UNet, DiT): AdamW with warm-up + cosine, bf16 autocast when
+    ``cfg.bf16``, gradient clipping at 1, EMA, a loss-curve entry every ``cfg.log_every`` steps, and the
+    resumable state file (see ``train_unet``), removed at the end. ``step_loss(gen)`` draws one batch from
+    ``gen`` and returns its loss. Returns (EMA, stats without evaluation)."""
     n_params = sum(p.numel() for p in model.parameters())
     opt, sched = adamw(model.parameters(), cfg.lr, cfg.steps, min(cfg.warmup, max(1, cfg.steps // 10)),
                        weight_decay=cfg.weight_decay)
     ema = EMA(model, cfg.ema)
-    abar = alphas_cumprod()
     gen = torch.Generator().manual_seed(seed + 1)
-    n = latents.shape[0]
     run = {"step": 0, "curve": [], "step_times": [], "elapsed": 0.0}
     if resume is not None and Path(resume).is_file():
         run = _load_state(Path(resume), key, model, ema, opt, sched, gen) or run
         if run["step"]:
-            log.info("unet: resuming at step %d/%d from %s", run["step"], cfg.steps, resume)
+            log.info("%s: resuming at step %d/%d from %s", name, run["step"], cfg.steps, resume)
     curve, step_times, window = run["curve"], run["step_times"], []
     t0 = time.perf_counter() - run["elapsed"]
     for step in range(run["step"], cfg.steps):
         t_step = time.perf_counter()
-        idx = torch.randint(0, n, (min(cfg.batch, n),), generator=gen)
-        x0 = latents[idx]
-        t = torch.randint(0, TIMESTEPS, (x0.shape[0],), generator=gen)
-        noise = torch.randn(x0.shape, generator=gen)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-            loss = _loss(model, x0, t, noise, abar, cfg.min_snr_gamma)
+            loss = step_loss(gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -155,23 +172,20 @@ def train_unet(latents: torch.Tensor, cfg: UNetConfig, seed: int = 0, eval_laten
             el = time.perf_counter() - t0
             curve.append([step + 1, round(sum(window) / len(window), 5)])
             window = []
-            log.info("unet step %d/%d loss %.4f  %.3f s/step", step + 1, cfg.steps, curve[-1][1], el / (step + 1))
+            log.info("%s step %d/%d loss %.4f  %.3f s/step", name, step + 1, cfg.steps, curve[-1][1], el / (step + 1))
         if resume is not None and (step + 1) % save_every == 0 and step + 1 < cfg.steps:
             _save_state(Path(resume), key, step + 1, model, ema, opt, sched, gen,
                         {"curve": curve, "step_times": step_times, "elapsed": time.perf_counter() - t0})
         if on_step is not None:
             on_step(step + 1)
     seconds = time.perf_counter() - t0
+    log.info("%s: %d steps in %.1f s (%d params)", name, cfg.steps, seconds, n_params)
+    if resume is not None:
+        Path(resume).unlink(missing_ok=True)
     stats = {"steps": cfg.steps, "batch": cfg.batch, "params": n_params, "seconds": round(seconds, 2),
              "s_per_step": round(seconds / max(1, cfg.steps), 4),
              "s_per_step_median": round(statistics.median(step_times), 4) if step_times else None, "loss_curve": curve}
-    if eval_latents is not None:
-        model.load_state_dict(ema.shadow)
-        stats["eval_eps_mse_ema"] = round(eval_loss(model, eval_latents), 5)
-    log.info("unet: %d steps in %.1f s (%d params)", cfg.steps, seconds, n_params)
-    if resume is not None:
-        Path(resume).unlink(missing_ok=True)
-    return ema.state_dict(), stats
+    return ema, stats
 
 
 def _save_state(path: Path, key: str, step: int, model, ema: EMA, opt, sched, gen, run: dict) -> None:
