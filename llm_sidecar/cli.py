@@ -314,6 +314,18 @@ def cmd_generate(a) -> int:
     return 0
 
 
+def _file_sha256(path: str) -> str:
+    """SHA-256 of a file's bytes (what `sha256sum` prints): ties a report to the exact steering file, whatever its
+    path or name when it was evaluated."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def cmd_eval(a) -> int:
     from .data import check_disjoint, read_texts, require_samples
     from .evaluate import evaluate_strengths
@@ -340,7 +352,9 @@ def cmd_eval(a) -> int:
                        used_for="calibrate this steering's strength", fix="measure perplexity on other texts")
     rows = evaluate_strengths(lm, steering, prompts, neutral, strengths=a.strengths, seeds=a.seeds, judge=judge,
                               gen=_gen_config(a), label=a.label or (Path(a.steering).stem if a.steering else "none"))
-    paths = write_report(a.report, rows, {"model": a.model, "steering": a.steering, "judge": judge.name,
+    paths = write_report(a.report, rows, {"model": a.model, "steering": a.steering,
+                                          "steering_sha256": _file_sha256(a.steering) if a.steering else None,
+                                          "judge": judge.name,
                                           "prompts": f"{a.prompts} ({len(prompts)})",
                                           "neutral": f"{a.neutral} ({len(neutral)})", "seeds": a.seeds,
                                           "chat": lm.chat.to_dict() if lm.chat is not None else {"enabled": False}})

@@ -1,5 +1,6 @@
 """Every lineas-llm command on a tiny real model, through the real CLI entry point."""
 
+import hashlib
 import json
 import os
 import subprocess
@@ -85,6 +86,7 @@ def test_eval_report_and_refuses_training_prompts(tiny_llama_dir, texts, capsys)
                  str(rep), *GEN]) == 0
     data = json.loads((rep / "results.json").read_text())
     assert [r["strength"] for r in data["results"]] == [0.0, 1.0]
+    assert data["meta"]["steering_sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()  # the file evaluated
     assert all(len(r["toxicity_per_seed"]) == 2 and r["perplexity"] > 1 for r in data["results"])
     assert (rep / "results.md").read_text().count("| s |") == 2
     assert (rep / "toxicity_vs_perplexity.png").read_bytes()[:4] == b"\x89PNG"
