@@ -265,7 +265,7 @@ def cmd_train(a) -> int:
         from .judges import make_judge
 
         source, target = build_sets(lm, prompts, a.n, make_judge(a.judge), _gen_config(a), seed=a.seed)
-    with progress_bar(cfg.steps, "train") as bar:
+    with progress_bar(cfg.steps, "train", check=getattr(a, "check_signals", None)) as bar:
         record, r = train_steering(lm, source, target, method=a.method, sites_pattern=a.sites, config=cfg,
                                    max_length=a.max_length, on_step=bar, training_prompts=prompts,
                                    name=Path(out).stem)
@@ -407,7 +407,9 @@ def main(argv: list[str] | None = None) -> int:
             pass
     from .validate import check_args
 
-    old_term = _on_sigterm()
+    signals = _Signals()
+    args.check_signals = signals.check
+    signals.install()
     try:
         check_args(args)
         return COMMANDS[args.command](args)
@@ -435,25 +437,42 @@ def main(argv: list[str] | None = None) -> int:
                          "(rerun with LINEAS_DEBUG=1 for the traceback and please report it)\n")
         return 2
     finally:
-        if old_term is not _NOT_SET:
-            signal.signal(signal.SIGTERM, old_term if old_term is not None else signal.SIG_DFL)
+        signals.restore()
 
 
 class _Terminated(BaseException):
     """SIGTERM, turned into an exception so that every ``finally`` (temporary files) runs."""
 
 
-def _on_sigterm():
-    def handler(signum, frame):
-        raise _Terminated()
+class _Signals:
+    """SIGTERM and SIGINT raise ``_Terminated`` / ``KeyboardInterrupt`` in the main thread, so every ``finally``
+    (temporary files) runs. A library can swallow that exception (a bare ``except:`` while a model loads, a
+    ``__del__``), so the signal is also remembered: :meth:`check`, called at every training step, raises it again."""
 
-    try:
-        return signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread (e.g. called from a test runner's worker)
-        return _NOT_SET
+    def __init__(self):
+        self.seen: int | None = None
+        self.old: dict[int, object] = {}
 
+    def install(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self.old[sig] = signal.signal(sig, self._handler)
+            except ValueError:  # not the main thread (e.g. called from a test runner's worker)
+                return
 
-_NOT_SET = object()
+    def restore(self) -> None:
+        for sig, old in self.old.items():
+            signal.signal(sig, old if old is not None else signal.SIG_DFL)
+
+    def _handler(self, signum, frame) -> None:
+        self.seen = signum
+        self.check()
+
+    def check(self, *_) -> None:
+        if self.seen == signal.SIGTERM:
+            raise _Terminated()
+        if self.seen == signal.SIGINT:
+            raise KeyboardInterrupt()
 
 
 def _one_line(e) -> str:

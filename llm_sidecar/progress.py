@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Iterable, TypeVar
+from typing import Callable, Iterable, TypeVar
 
 __all__ = ["progress", "progress_enabled", "progress_bar"]
 
@@ -27,10 +27,11 @@ def progress(it: Iterable[T], desc: str = "", enabled: bool = True, **kw) -> Ite
 
 class progress_bar:  # noqa: N801 - used as a context manager like tqdm
     """``with progress_bar(steps, "train") as on_step: fit(..., on_step=on_step)``: a tqdm bar on stderr
-    that shows the loss (a no-op callback when progress is disabled)."""
+    that shows the loss (a no-op callback when progress is disabled). ``check``, if given, runs first at every
+    step (the CLI's: re-raises a signal that a library swallowed)."""
 
-    def __init__(self, total: int, desc: str = ""):
-        self.total, self.desc, self.bar = total, desc, None
+    def __init__(self, total: int, desc: str = "", check: Callable[[], None] | None = None):
+        self.total, self.desc, self.bar, self.check = total, desc, None, check  # check: raises to stop (a signal)
 
     def __enter__(self):
         if progress_enabled():
@@ -43,6 +44,8 @@ class progress_bar:  # noqa: N801 - used as a context manager like tqdm
         return self
 
     def __call__(self, step: int, loss: float) -> None:
+        if self.check is not None:
+            self.check()
         if self.bar is not None:
             self.bar.update(step - self.bar.n)
             self.bar.set_postfix(loss=f"{loss:.4g}")

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -385,6 +386,32 @@ def test_signals_during_training_leave_no_file(tiny_llama_dir, texts, tmp_path, 
     assert got == code and err.count("\n") == 1 and word in err, err
     assert list(out_dir.iterdir()) == []
     assert signal.getsignal(signal.SIGTERM) is before  # main() restores the handler it installed
+
+
+@pytest.mark.parametrize("sig,exc", [(signal.SIGTERM, "_Terminated"), (signal.SIGINT, "KeyboardInterrupt")])
+def test_a_signal_swallowed_by_a_library_still_stops_training_at_the_next_step(sig, exc):
+    """The CI hang of stop 15: the signal landed while a library ran a bare ``except:`` (model loading), the
+    handler's exception was swallowed, and training went on for its 1,000,000 steps. The signal is remembered:
+    the next training step raises it again."""
+    from llm_sidecar import cli
+    from llm_sidecar.progress import progress_bar
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    signals = cli._Signals()
+    signals.install()
+    try:
+        try:
+            os.kill(os.getpid(), sig)
+            time.sleep(0.5)  # the handler runs here, in the main thread
+        except BaseException:  # noqa: BLE001 - what the library did
+            pass
+        with progress_bar(10, "train", check=signals.check) as on_step:
+            with pytest.raises(BaseException) as got:
+                on_step(1, 0.5)
+        assert type(got.value).__name__ == exc
+    finally:
+        signals.restore()
+    assert {s: signal.getsignal(s) for s in before} == before
 
 
 # -- item 10: exported folders get the usual permissions --------------------------------------------------------
