@@ -265,7 +265,7 @@ def cmd_train(a) -> int:
         from .judges import make_judge
 
         source, target = build_sets(lm, prompts, a.n, make_judge(a.judge), _gen_config(a), seed=a.seed)
-    with progress_bar(cfg.steps, "train", check=getattr(a, "check_signals", None)) as bar:
+    with progress_bar(cfg.steps, "train", check=a.check_signals) as bar:
         record, r = train_steering(lm, source, target, method=a.method, sites_pattern=a.sites, config=cfg,
                                    max_length=a.max_length, on_step=bar, training_prompts=prompts,
                                    name=Path(out).stem)
@@ -319,11 +319,8 @@ def _file_sha256(path: str) -> str:
     path or name when it was evaluated."""
     import hashlib
 
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def cmd_eval(a) -> int:
@@ -468,7 +465,7 @@ class _Signals:
         self.seen = signum
         self.check()
 
-    def check(self, *_) -> None:
+    def check(self) -> None:
         if self.seen == signal.SIGTERM:
             raise _Terminated()
         if self.seen == signal.SIGINT:
