@@ -11,7 +11,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import TextIO
+from typing import Callable, TextIO
 
 from lineas_engine import LineasError, TrainConfig, save_record
 
@@ -40,11 +40,15 @@ DEMO_CONFIG = dict(optimizer=RECIPES["fast"].optimizer, lr=RECIPES["fast"].lr, b
 def run_demo(*, model: str = "smollm2", n: int = 32, steps: int = 100, eval_prompts: int = 64,
              neutral: int = 100, out: str | None = None, seed: int = 0, stream: TextIO,
              train_pool: int = 200, max_new_tokens: int = 32, calibrate: int = 50,
-             max_ppl_increase: float = 0.1) -> dict:
+             max_ppl_increase: float = 0.1, check: Callable[[], None] | None = None) -> dict:
+    """``check`` (the CLI's: raises a SIGTERM / SIGINT that a library swallowed) runs after loading, at every
+    training step and before each file is written."""
+    check = check or (lambda: None)
     t_start = time.perf_counter()
     say = lambda s: (stream.write(s + "\n"), stream.flush())  # noqa: E731
     folder = demo_folder(out)  # checked before any work
     lm = load_model(model)
+    check()
     say(f"model: {model} ({lm.architecture}, {sum(p.numel() for p in lm.model.parameters()) / 1e6:.1f}M params, "
         f"{lm.device}, {str(lm.dtype).removeprefix('torch.')})")
     judge = make_judge("profanity")
@@ -57,7 +61,7 @@ def run_demo(*, model: str = "smollm2", n: int = 32, steps: int = 100, eval_prom
     say(f"data: {n} toxic + {n} non-toxic training texts from {len(pool)} RTP prompts; "
         f"{len(held)} held-out RTP prompts; {len(texts)} neutral sentences (+ {len(calib)} others to calibrate)")
     cfg = TrainConfig(steps=steps, seed=seed, **DEMO_CONFIG)
-    with progress_bar(steps, "train") as bar:
+    with progress_bar(steps, "train", check=check) as bar:
         record, r = train_steering(lm, toxic, clean, config=cfg, max_length=32, on_step=bar, training_prompts=pool,
                                    name="detox")
     say(f"trained LinEAS on {len(record.steering.sites)} sites in {r.seconds:.0f} s "
@@ -67,6 +71,7 @@ def run_demo(*, model: str = "smollm2", n: int = 32, steps: int = 100, eval_prom
         cal = calibrate_record(lm, record, calib, max_increase=max_ppl_increase)
         say(f"calibrated to a +{max_ppl_increase:.0%} perplexity budget on {len(calib)} other neutral sentences: "
             f"strength {cal.strength:.3f} of the learned map is saved as strength 1")
+    check()
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "detox.safetensors"
     save_record(path, record)
@@ -85,10 +90,12 @@ def run_demo(*, model: str = "smollm2", n: int = 32, steps: int = 100, eval_prom
     say(f"saved steering ({full.label}, strength 1): toxicity {base.toxicity:.1f}% -> {full.toxicity:.1f}% ({change}), "
         f"perplexity {base.perplexity:.2f} -> {full.perplexity:.2f} "
         f"({full.perplexity / base.perplexity - 1:+.1%}); judge {judge.name}")
+    check()
     report = write_report(folder / "report", rows, {"model": model, "steering": str(path), "judge": judge.name,
                                                     "prompts": f"{len(held)} held-out RTP prompts",
                                                     "neutral": f"{len(texts)} neutral sentences", "seeds": [seed]})
     exported = folder / "model"
+    check()
     try:
         info = export_folded(lm, record.steering.to(lm.device), exported)
         exp_note = f"exported model: {exported} (plain HF folder, max |logit diff| vs hooks " \

@@ -414,6 +414,47 @@ def test_a_signal_swallowed_by_a_library_still_stops_training_at_the_next_step(s
     assert {s: signal.getsignal(s) for s in before} == before
 
 
+@pytest.mark.parametrize("sig,code,word", [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")])
+@pytest.mark.parametrize("command", ["train", "generate", "eval", "export", "demo"])
+def test_a_signal_swallowed_while_the_model_loads_stops_every_command_before_it_writes(
+        command, sig, code, word, tiny_llama_dir, trained, texts, tmp_path, monkeypatch, capsys):
+    """Every command, not only training: the signal arrives during loading and a library swallows it. The command
+    stops right after the load (it used to run to the end and write its output, with exit code 0)."""
+    import llm_sidecar.demo as demo
+    import llm_sidecar.models as models
+
+    real_load = models.load_model
+
+    def load_and_swallow(*args, **kw):
+        lm = real_load(*args, **kw)
+        try:
+            os.kill(os.getpid(), sig)
+            time.sleep(0.5)  # the handler runs here, in the main thread
+        except BaseException:  # noqa: BLE001 - what the library did
+            pass
+        return lm
+
+    monkeypatch.setattr(models, "load_model", load_and_swallow)
+    monkeypatch.setattr(demo, "load_model", load_and_swallow)
+    out = tmp_path / "out"
+    out.mkdir()
+    argv = {"train": train_args(tiny_llama_dir, texts, out / "s.safetensors"),
+            "generate": ["generate", "--model", tiny_llama_dir, "--steering", trained, "--prompts", texts / "toxic.txt",
+                         *GEN, "--out", out / "g.jsonl"],
+            "eval": ["eval", "--model", tiny_llama_dir, "--steering", trained, "--prompts", texts / "prompts.txt",
+                     "--neutral", texts / "neutral.txt", "--strengths", "1", "--seeds", "0", *GEN,
+                     "--report", out / "report"],
+            "export": ["export", "--model", tiny_llama_dir, "--steering", trained, "--out", out / "exported",
+                       "--device", "cpu"],
+            "demo": ["demo", "--model", tiny_llama_dir, "--n", "4", "--steps", "3", "--eval-prompts", "4",
+                     "--neutral", "4", "--out", out / "demo"]}[command]
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    got, _, err = run(capsys, *argv)
+    assert got == code and err.count("\n") == 1 and word in err, (got, err)
+    assert list(out.iterdir()) == []
+    assert {s: signal.getsignal(s) for s in before} == before
+
+
 # -- item 10: exported folders get the usual permissions --------------------------------------------------------
 def test_exported_folder_is_not_private(tiny_llama_dir, trained, texts, capsys):
     umask = os.umask(0o022)
