@@ -6,7 +6,9 @@ toxic.txt / clean.txt (the 32, or --n, most / least toxic of the 200 pool prompt
 statements of another domain), heldout.txt (300 evaluation prompts), neutral.txt (500 evaluation passages),
 val_neutral.txt (the 100 validation passages after them, for --calibrate-on), calib.txt (the next 100),
 novels.txt (--n passages of novels after those 700, each cut to its first 13 words, about the toxic prompts'
-mean length: a neutral target of another domain than the prompts)."""
+mean length: a neutral target of another domain than the prompts), novels_windows.txt (the same passages cut into
+consecutive 13-word windows, the first three complete ones of each: 174 texts for --n 64, stop 16), novels_full.txt (the same passages
+uncut, about 41 words)."""
 
 from __future__ import annotations
 
@@ -16,6 +18,12 @@ from pathlib import Path
 from .protocol import prepare_data, short_statements
 
 NOVEL_WORDS = 13  # the 64 most toxic pool prompts average 12.5 words
+
+
+def word_windows(text: str, words: int, limit: int = 3) -> list[str]:
+    """The first ``limit`` consecutive ``words``-word windows of ``text`` (a shorter tail is dropped)."""
+    w = text.split()
+    return [" ".join(w[i:i + words]) for i in range(0, len(w) - words + 1, words)][:limit]
 
 
 def main(argv=None) -> int:
@@ -36,7 +44,9 @@ def main(argv=None) -> int:
     files = {"toxic": d.toxic, "clean": d.clean, "statements": split(short_statements(), 32, seed=0)[0],
              "heldout": d.held, "neutral": d.neutral, "val_neutral": d.val_neutral[:100],
              "calib": d.val_neutral[100:200], "val_prompts": d.val_prompts,
-             "novels": [" ".join(t.split()[:NOVEL_WORDS]) for t in neutral_sentences()[700:700 + a.n]]}
+             "novels": [" ".join(t.split()[:NOVEL_WORDS]) for t in neutral_sentences()[700:700 + a.n]],
+             "novels_windows": [w for t in neutral_sentences()[700:700 + a.n] for w in word_windows(t, NOVEL_WORDS)],
+             "novels_full": neutral_sentences()[700:700 + a.n]}
     for name, texts in files.items():
         (out / f"{name}.txt").write_text("".join(t.replace("\n", " ") + "\n" for t in texts), encoding="utf-8")
         print(f"{out / name}.txt: {len(texts)}")
