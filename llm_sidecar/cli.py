@@ -433,10 +433,10 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"lineas-llm {args.command}: error: {_one_line(e)}\n")
         return 1
     except KeyboardInterrupt:
-        sys.stderr.write(f"lineas-llm {args.command}: interrupted; no output file was written\n")
+        sys.stderr.write(f"lineas-llm {args.command}: interrupted; {_what_was_kept(args.command)}\n")
         return 130
     except _Terminated:
-        sys.stderr.write(f"lineas-llm {args.command}: terminated; no output file was written\n")
+        sys.stderr.write(f"lineas-llm {args.command}: terminated; {_what_was_kept(args.command)}\n")
         return 143
     except (OSError, MemoryError) as e:  # I/O (disk full, permissions, a vanished file) and memory
         if os.environ.get("LINEAS_DEBUG"):
@@ -452,6 +452,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     finally:
         signals.restore()
+
+
+def _what_was_kept(command: str) -> str:
+    """What a stopped command leaves: nothing, except the demo's files written before the stop (each complete)."""
+    if command == "demo":
+        return "the demo's files written before the stop (each one complete) stay in its folder"
+    return "no output file was written"
 
 
 class _Terminated(BaseException):
