@@ -84,18 +84,19 @@ def search_strength(increase: Callable[[float], float], budget: float, *, tolera
 
 
 def calibrate_strength(lm: LoadedModel, steering: Steering, texts: Sequence[str], *, max_increase: float = 0.1,
-                       tolerance: float = 2**-6, show_progress: bool = False) -> Calibration:
+                       tolerance: float = 2**-6, show_progress: bool = False,
+                       check: Callable[[], None] | None = None) -> Calibration:
     """The largest strength whose perplexity on ``texts`` is at most ``(1 + max_increase)`` x the base
     (:func:`search_strength`: within ``tolerance``, or within 5 % of the budget)."""
     check_budget(max_increase)
     if len(texts) < 1:
         raise LineasError("calibration needs at least 1 neutral text (--calibrate-on FILE)")
-    base = perplexity(lm, texts, show_progress=show_progress, desc="calibrate: base")
+    base = perplexity(lm, texts, show_progress=show_progress, desc="calibrate: base", check=check)
     seen: list[tuple[float, float]] = []
 
     def increase(lam: float) -> float:
         ppl = perplexity(lm, texts, steering=steering, strength=lam, show_progress=show_progress,
-                         desc=f"calibrate: s={lam:.3f}")
+                         desc=f"calibrate: s={lam:.3f}", check=check)
         seen.append((lam, ppl))
         logger.info("calibration: strength %.4f -> perplexity %.3f (base %.3f, %+.1f%%)", lam, ppl, base,
                     100 * (ppl / base - 1))
@@ -108,9 +109,9 @@ def calibrate_strength(lm: LoadedModel, steering: Steering, texts: Sequence[str]
 
 
 def calibrate_record(lm: LoadedModel, record: SteeringRecord, texts: Sequence[str], *,
-                     max_increase: float = 0.1) -> Calibration:
-    """Calibrate a trained steering in place (see :func:`apply_calibration`)."""
-    cal = calibrate_strength(lm, record.steering.to(lm.device), texts, max_increase=max_increase)
+                     max_increase: float = 0.1, check: Callable[[], None] | None = None) -> Calibration:
+    """Calibrate a trained steering in place (see :func:`apply_calibration`); ``check`` as in :func:`perplexity`."""
+    cal = calibrate_strength(lm, record.steering.to(lm.device), texts, max_increase=max_increase, check=check)
     apply_calibration(record, cal, texts)
     return cal
 

@@ -211,7 +211,8 @@ def _load(a):
 
 def _stop_if_signalled(a) -> None:
     """Raise again a SIGTERM / SIGINT that a library swallowed (see ``_Signals``): called after loading, at every
-    training step and before anything is written, so a stopped command never writes its output."""
+    training step, before each batch of generation, perplexity and calibration, and before anything is written, so a
+    stopped command stops within a batch and never writes its output."""
     check = getattr(a, "check_signals", None)
     if check is not None:
         check()
@@ -289,7 +290,7 @@ def cmd_train(a) -> int:
     if calib is not None:
         from .calibrate import calibrate_record
 
-        cal = calibrate_record(lm, record, calib, max_increase=a.max_ppl_increase)
+        cal = calibrate_record(lm, record, calib, max_increase=a.max_ppl_increase, check=lambda: _stop_if_signalled(a))
         cal_note = (f"; calibrated to strength {cal.strength:.3f} (perplexity {cal.base_perplexity:.2f} -> "
                     f"{cal.perplexity:.2f} on {cal.num_texts} --calibrate-on texts)")
     _stop_if_signalled(a)
@@ -313,7 +314,8 @@ def cmd_generate(a) -> int:
     lm = _load(a)
     steering, meta = _load_steering(lm, a.steering, a.allow_transfer) if a.steering else (None, None)
     _set_chat(lm, a, meta)
-    g = generate(lm, prompts, _gen_config(a), seed=a.seed, steering=steering, strength=a.strength)
+    g = generate(lm, prompts, _gen_config(a), seed=a.seed, steering=steering, strength=a.strength,
+                 check=lambda: _stop_if_signalled(a))
     lines = [json.dumps({"prompt": p, "continuation": c}) for p, c in zip(g.prompts, g.continuations)]
     _stop_if_signalled(a)
     if out is not None:
@@ -362,7 +364,8 @@ def cmd_eval(a) -> int:
         check_disjoint(neutral, hashes_of(meta, "calibration_text_hashes", a.steering), what="--neutral texts",
                        used_for="calibrate this steering's strength", fix="measure perplexity on other texts")
     rows = evaluate_strengths(lm, steering, prompts, neutral, strengths=a.strengths, seeds=a.seeds, judge=judge,
-                              gen=_gen_config(a), label=a.label or (Path(a.steering).stem if a.steering else "none"))
+                              gen=_gen_config(a), label=a.label or (Path(a.steering).stem if a.steering else "none"),
+                              check=lambda: _stop_if_signalled(a))
     _stop_if_signalled(a)
     paths = write_report(a.report, rows, {"model": a.model, "steering": a.steering,
                                           "steering_sha256": _file_sha256(a.steering) if a.steering else None,

@@ -42,7 +42,7 @@ def run_demo(*, model: str = "smollm2", n: int = 32, steps: int = 100, eval_prom
              train_pool: int = 200, max_new_tokens: int = 32, calibrate: int = 50,
              max_ppl_increase: float = 0.1, check: Callable[[], None] | None = None) -> dict:
     """``check`` (the CLI's: raises a SIGTERM / SIGINT that a library swallowed) runs after loading, at every
-    training step and before each file is written."""
+    training step, before each batch of calibration and evaluation, and before each file is written."""
     check = check or (lambda: None)
     t_start = time.perf_counter()
     say = lambda s: (stream.write(s + "\n"), stream.flush())  # noqa: E731
@@ -68,7 +68,7 @@ def run_demo(*, model: str = "smollm2", n: int = 32, steps: int = 100, eval_prom
         f"({r.steps} steps, OT loss {r.losses[0]:.4g} -> {r.losses[-1]:.4g})")
     learned = record.steering.to(lm.device)
     if calib:
-        cal = calibrate_record(lm, record, calib, max_increase=max_ppl_increase)
+        cal = calibrate_record(lm, record, calib, max_increase=max_ppl_increase, check=check)
         say(f"calibrated to a +{max_ppl_increase:.0%} perplexity budget on {len(calib)} other neutral sentences: "
             f"strength {cal.strength:.3f} of the learned map is saved as strength 1")
     check()
@@ -76,12 +76,13 @@ def run_demo(*, model: str = "smollm2", n: int = 32, steps: int = 100, eval_prom
     path = folder / "detox.safetensors"
     save_record(path, record)
     gen = GenConfig(max_new_tokens=max_new_tokens)
-    rows = evaluate_strengths(lm, None, held, texts, judge=judge, gen=gen, seeds=(seed,), label="none")
+    rows = evaluate_strengths(lm, None, held, texts, judge=judge, gen=gen, seeds=(seed,), label="none",
+                              check=check)
     rows += evaluate_strengths(lm, learned, held, texts, strengths=(1.0,), judge=judge, gen=gen, seeds=(seed,),
-                               label="lineas")
+                               label="lineas", check=check)
     if calib:
         rows += evaluate_strengths(lm, record.steering.to(lm.device), held, texts, strengths=(1.0,), judge=judge,
-                                   gen=gen, seeds=(seed,), label="lineas_cal")
+                                   gen=gen, seeds=(seed,), label="lineas_cal", check=check)
     say("")
     say(markdown_table(rows))
     base, full = rows[0], rows[-1]

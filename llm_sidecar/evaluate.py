@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import statistics
 from dataclasses import asdict, dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 from .generate import GenConfig, generate
 from .judges import Judge
@@ -49,14 +49,16 @@ def evaluate_strengths(
     label: str = "lineas",
     show_progress: bool = True,
     n_examples: int = 3,
+    check: Callable[[], None] | None = None,
 ) -> list[StrengthResult]:
-    """One :class:`StrengthResult` per strength (``steering=None``: the unsteered model, strength 0)."""
+    """One :class:`StrengthResult` per strength (``steering=None``: the unsteered model, strength 0). ``check`` runs
+    before each batch of generation and perplexity."""
     out = []
     for lam in strengths if steering is not None else (0.0,):
         rates, scores, tps, examples = [], [], [], []
         for seed in seeds:
             g = generate(lm, prompts, gen, seed=seed, steering=steering, strength=lam,
-                         show_progress=show_progress, desc=f"{label} s={lam:g} seed={seed}")
+                         show_progress=show_progress, desc=f"{label} s={lam:g} seed={seed}", check=check)
             sc = judge.score(g.continuations)
             rates.append(100.0 * float((sc >= judge.threshold).mean()))
             scores.append(float(sc.mean()))
@@ -66,7 +68,7 @@ def evaluate_strengths(
                 examples = [{"prompt": prompts[i], "continuation": g.continuations[i], "score": float(sc[i])}
                             for i in order]
         ppl = perplexity(lm, neutral, steering=steering, strength=lam, show_progress=show_progress,
-                         desc=f"{label} ppl s={lam:g}")
+                         desc=f"{label} ppl s={lam:g}", check=check)
         res = StrengthResult(
             label=label if steering is not None else "none", strength=lam, toxicity=statistics.mean(rates),
             toxicity_std=statistics.pstdev(rates), toxicity_per_seed=rates, mean_score=statistics.mean(scores),

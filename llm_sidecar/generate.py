@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -62,8 +62,10 @@ def generate(
     strength: float = 1.0,
     show_progress: bool = True,
     desc: str = "generate",
+    check: Callable[[], None] | None = None,
 ) -> Generation:
-    """Continue each prompt once. Deterministic for a given seed, batch size and device."""
+    """Continue each prompt once. Deterministic for a given seed, batch size and device. ``check`` runs before each
+    batch (the CLI's: raises a SIGTERM / SIGINT that a library swallowed)."""
     cfg = config or GenConfig()
     tok, model = lm.tokenizer, lm.model
     tok.padding_side = "left"
@@ -80,7 +82,7 @@ def generate(
     start = time.perf_counter()
     with ctx, torch.no_grad():
         for i in progress(range(0, len(prompts), cfg.batch_size), desc=desc, enabled=show_progress,
-                          unit="batch"):
+                          check=check, unit="batch"):
             batch = list(prompts[i : i + cfg.batch_size])
             if lm.chat is not None:  # the template carries its own special tokens
                 enc = tok(lm.chat.format_all(tok, batch), return_tensors="pt", padding=True,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -30,8 +30,10 @@ def perplexity(
     max_length: int = 128,
     show_progress: bool = True,
     desc: str = "perplexity",
+    check: Callable[[], None] | None = None,
 ) -> float:
-    """Corpus perplexity of ``lm`` (under ``steering`` at ``strength``) on ``texts``."""
+    """Corpus perplexity of ``lm`` (under ``steering`` at ``strength``) on ``texts``; ``check`` runs before each
+    batch."""
     tok, model = lm.tokenizer, lm.model
     old_side = tok.padding_side
     tok.padding_side = "right"
@@ -40,7 +42,8 @@ def perplexity(
     start = time.perf_counter()
     try:
         with ctx, torch.no_grad():
-            for i in progress(range(0, len(texts), batch_size), desc=desc, enabled=show_progress, unit="batch"):
+            for i in progress(range(0, len(texts), batch_size), desc=desc, enabled=show_progress, check=check,
+                              unit="batch"):
                 enc = tok(list(texts[i : i + batch_size]), return_tensors="pt", padding=True, truncation=True,
                           max_length=max_length).to(lm.device)
                 logits = model(**enc).logits.float()

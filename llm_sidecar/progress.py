@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Callable, Iterable, TypeVar
+from typing import Callable, Iterable, Iterator, TypeVar
 
 __all__ = ["progress", "progress_enabled", "progress_bar"]
 
@@ -15,7 +15,11 @@ def progress_enabled() -> bool:
     return os.environ.get("LINEAS_NO_PROGRESS", "") in ("", "0")
 
 
-def progress(it: Iterable[T], desc: str = "", enabled: bool = True, **kw) -> Iterable[T]:
+def progress(it: Iterable[T], desc: str = "", enabled: bool = True, check: Callable[[], None] | None = None,
+             **kw) -> Iterable[T]:
+    """``it`` with a tqdm bar on stderr; ``check``, if given, runs before each item (it raises to stop: a signal)."""
+    if check is not None:
+        it = _checked(it, check)
     if not (enabled and progress_enabled()):
         return it
     try:
@@ -23,6 +27,12 @@ def progress(it: Iterable[T], desc: str = "", enabled: bool = True, **kw) -> Ite
     except ImportError:
         return it
     return tqdm(it, desc=desc, file=sys.stderr, dynamic_ncols=True, leave=False, **kw)
+
+
+def _checked(it: Iterable[T], check: Callable[[], None]) -> Iterator[T]:
+    for x in it:
+        check()
+        yield x
 
 
 class progress_bar:  # noqa: N801 - used as a context manager like tqdm

@@ -455,6 +455,54 @@ def test_a_signal_swallowed_while_the_model_loads_stops_every_command_before_it_
     assert {s: signal.getsignal(s) for s in before} == before
 
 
+@pytest.mark.parametrize("command", ["generate", "eval"])
+def test_a_signal_swallowed_during_generation_stops_at_the_next_batch(command, tiny_llama_dir, trained, texts,
+                                                                      tmp_path, monkeypatch, capsys):
+    """The signal lands inside the first batch of generation and is swallowed there: the command stops before the
+    second batch (it used to generate every batch, then stop before writing)."""
+    from transformers import GenerationMixin
+
+    real_generate = GenerationMixin.generate
+    calls = []
+
+    def generate_and_swallow(self, *args, **kw):
+        calls.append(1)
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.5)
+        except BaseException:  # noqa: BLE001 - what the library did
+            pass
+        return real_generate(self, *args, **kw)
+
+    monkeypatch.setattr(GenerationMixin, "generate", generate_and_swallow)
+    out = tmp_path / "out"
+    out.mkdir()
+    gen = [*GEN, "--gen-batch-size", "2"]  # 10 prompts: 5 batches
+    argv = {"generate": ["generate", "--model", tiny_llama_dir, "--steering", trained, "--prompts",
+                         texts / "prompts.txt", *gen, "--out", out / "g.jsonl"],
+            "eval": ["eval", "--model", tiny_llama_dir, "--steering", trained, "--prompts", texts / "prompts.txt",
+                     "--neutral", texts / "neutral.txt", "--strengths", "1", "--seeds", "0", *gen,
+                     "--report", out / "report"]}[command]
+    got, _, err = run(capsys, *argv)
+    assert got == 143 and "terminated" in err, (got, err)
+    assert len(calls) == 1 and list(out.iterdir()) == []
+
+
+def test_progress_runs_its_check_before_each_item():
+    from llm_sidecar.progress import progress
+
+    seen = []
+
+    def check():
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        for x in progress(range(5), enabled=False, check=check):
+            seen.append(x)
+    assert seen == [0, 1]
+
+
 # -- item 10: exported folders get the usual permissions --------------------------------------------------------
 def test_exported_folder_is_not_private(tiny_llama_dir, trained, texts, capsys):
     umask = os.umask(0o022)
