@@ -205,17 +205,8 @@ def _load(a):
     else:
         lm = load_model(a.model, a.device, a.dtype, device_map=dm or "auto", max_memory=a.max_memory,
                         offload_folder=a.offload_folder, load_in=a.load_in)
-    _stop_if_signalled(a)  # loading is where a library's bare ``except:`` swallowed a SIGTERM (stop 15)
+    a.check_signals()  # loading is where a library's bare ``except:`` swallowed a SIGTERM (stop 15)
     return lm
-
-
-def _stop_if_signalled(a) -> None:
-    """Raise again a SIGTERM / SIGINT that a library swallowed (see ``_Signals``): called after loading, at every
-    training step, before each batch of generation, perplexity and calibration, and before anything is written, so a
-    stopped command stops within a batch and never writes its output."""
-    check = getattr(a, "check_signals", None)
-    if check is not None:
-        check()
 
 
 def _set_chat(lm, a, meta=None) -> None:
@@ -277,7 +268,7 @@ def cmd_train(a) -> int:
         from .judges import make_judge
 
         source, target = build_sets(lm, prompts, a.n, make_judge(a.judge), _gen_config(a), seed=a.seed)
-    with progress_bar(cfg.steps, "train", check=lambda: _stop_if_signalled(a)) as bar:
+    with progress_bar(cfg.steps, "train", check=a.check_signals) as bar:
         record, r = train_steering(lm, source, target, method=a.method, sites_pattern=a.sites, config=cfg,
                                    max_length=a.max_length, on_step=bar, training_prompts=prompts,
                                    name=Path(out).stem)
@@ -286,14 +277,13 @@ def cmd_train(a) -> int:
         logger.warning("the loss rose from %.4g to %.4g: the training diverged; retrain with a lower --lr",
                        r.losses[0], r.losses[-1])
     cal_note = ""
-    _stop_if_signalled(a)
     if calib is not None:
         from .calibrate import calibrate_record
 
-        cal = calibrate_record(lm, record, calib, max_increase=a.max_ppl_increase, check=lambda: _stop_if_signalled(a))
+        cal = calibrate_record(lm, record, calib, max_increase=a.max_ppl_increase, check=a.check_signals)
         cal_note = (f"; calibrated to strength {cal.strength:.3f} (perplexity {cal.base_perplexity:.2f} -> "
                     f"{cal.perplexity:.2f} on {cal.num_texts} --calibrate-on texts)")
-    _stop_if_signalled(a)
+    a.check_signals()
     save_or_rescue(lambda p: save_record(p, record, overwrite=a.force), out)
     loss = f", loss {r.losses[0]:.4g} -> {r.losses[-1]:.4g} in {r.steps} steps" if r.steps else ""
     sys.stdout.write(f"wrote {out} ({record.method}, {len(record.steering.sites)} sites, {r.seconds:.1f} s{loss}, "
@@ -315,9 +305,9 @@ def cmd_generate(a) -> int:
     steering, meta = _load_steering(lm, a.steering, a.allow_transfer) if a.steering else (None, None)
     _set_chat(lm, a, meta)
     g = generate(lm, prompts, _gen_config(a), seed=a.seed, steering=steering, strength=a.strength,
-                 check=lambda: _stop_if_signalled(a))
+                 check=a.check_signals)
     lines = [json.dumps({"prompt": p, "continuation": c}) for p, c in zip(g.prompts, g.continuations)]
-    _stop_if_signalled(a)
+    a.check_signals()
     if out is not None:
         from lineas_engine import atomic_write_bytes
 
@@ -365,8 +355,8 @@ def cmd_eval(a) -> int:
                        used_for="calibrate this steering's strength", fix="measure perplexity on other texts")
     rows = evaluate_strengths(lm, steering, prompts, neutral, strengths=a.strengths, seeds=a.seeds, judge=judge,
                               gen=_gen_config(a), label=a.label or (Path(a.steering).stem if a.steering else "none"),
-                              check=lambda: _stop_if_signalled(a))
-    _stop_if_signalled(a)
+                              check=a.check_signals)
+    a.check_signals()
     paths = write_report(a.report, rows, {"model": a.model, "steering": a.steering,
                                           "steering_sha256": _file_sha256(a.steering) if a.steering else None,
                                           "judge": judge.name,
@@ -387,7 +377,7 @@ def cmd_export(a) -> int:
     check_export_dir(a.out)
     lm = _load(a)
     steering, _ = _load_steering(lm, a.steering, a.allow_transfer)
-    _stop_if_signalled(a)
+    a.check_signals()
     info = export_folded(lm, steering, a.out, strength=a.strength, scale_only=a.scale_only)
     sys.stdout.write(f"exported to {a.out} (max |logit diff| vs hooked: {info['max_abs_logit_diff_vs_hooked']:.2e})\n")
     return 0
@@ -401,7 +391,7 @@ def cmd_demo(a) -> int:
         check_out_file(a.out)  # before the minutes of the demo, never over an existing file
     run_demo(model=a.model, n=a.n, steps=a.steps, eval_prompts=a.eval_prompts, neutral=a.neutral, out=a.out,
              seed=a.seed, stream=sys.stdout, calibrate=a.calibrate, max_ppl_increase=a.max_ppl_increase,
-             check=lambda: _stop_if_signalled(a))
+             check=a.check_signals)
     return 0
 
 
@@ -471,8 +461,9 @@ class _Terminated(BaseException):
 class _Signals:
     """SIGTERM and SIGINT raise ``_Terminated`` / ``KeyboardInterrupt`` in the main thread, so every ``finally``
     (temporary files) runs. A library can swallow that exception (a bare ``except:`` while a model loads, a
-    ``__del__``), so the signal is also remembered: :meth:`check` raises it again after the model loads, at every
-    training step and before a command writes its output (``_stop_if_signalled``)."""
+    ``__del__``), so the signal is also remembered: :meth:`check` (``args.check_signals``) raises it again after the
+    model loads, at every training step, before each batch of generation, perplexity and calibration, and before a
+    command writes its output: a stopped command stops within a batch and never writes its output."""
 
     def __init__(self):
         self.seen: int | None = None

@@ -19,6 +19,8 @@ def progress(it: Iterable[T], desc: str = "", enabled: bool = True, check: Calla
              **kw) -> Iterable[T]:
     """``it`` with a tqdm bar on stderr; ``check``, if given, runs before each item (it raises to stop: a signal)."""
     if check is not None:
+        if hasattr(it, "__len__"):
+            kw.setdefault("total", len(it))  # the generator below has no length: keep the bar's percentage
         it = _checked(it, check)
     if not (enabled and progress_enabled()):
         return it

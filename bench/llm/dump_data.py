@@ -7,8 +7,8 @@ statements of another domain), heldout.txt (300 evaluation prompts), neutral.txt
 val_neutral.txt (the 100 validation passages after them, for --calibrate-on), calib.txt (the next 100),
 novels.txt (--n passages of novels after those 700, each cut to its first 13 words, about the toxic prompts'
 mean length: a neutral target of another domain than the prompts), novels_windows.txt (the same passages cut into
-consecutive 13-word windows, the first three complete ones of each: 174 texts for --n 64, stop 16), novels_full.txt (the same passages
-uncut, about 41 words)."""
+consecutive 13-word windows, the first three complete ones of each: 174 texts for --n 64, stop 16), novels_full.txt
+(the same passages uncut, about 41 words)."""
 
 from __future__ import annotations
 
@@ -39,14 +39,14 @@ def main(argv=None) -> int:
 
     lm = load_model(a.model)
     d = prepare_data(lm, make_judge("profanity"), n=a.n)
+    novels = neutral_sentences()[700:700 + a.n]
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     files = {"toxic": d.toxic, "clean": d.clean, "statements": split(short_statements(), 32, seed=0)[0],
              "heldout": d.held, "neutral": d.neutral, "val_neutral": d.val_neutral[:100],
              "calib": d.val_neutral[100:200], "val_prompts": d.val_prompts,
-             "novels": [" ".join(t.split()[:NOVEL_WORDS]) for t in neutral_sentences()[700:700 + a.n]],
-             "novels_windows": [w for t in neutral_sentences()[700:700 + a.n] for w in word_windows(t, NOVEL_WORDS)],
-             "novels_full": neutral_sentences()[700:700 + a.n]}
+             "novels": [" ".join(t.split()[:NOVEL_WORDS]) for t in novels],
+             "novels_windows": [w for t in novels for w in word_windows(t, NOVEL_WORDS)], "novels_full": novels}
     for name, texts in files.items():
         (out / f"{name}.txt").write_text("".join(t.replace("\n", " ") + "\n" for t in texts), encoding="utf-8")
         print(f"{out / name}.txt: {len(texts)}")

@@ -388,6 +388,16 @@ def test_signals_during_training_leave_no_file(tiny_llama_dir, texts, tmp_path, 
     assert signal.getsignal(signal.SIGTERM) is before  # main() restores the handler it installed
 
 
+def swallow_a_signal(sig) -> None:
+    """What a library with a bare ``except:`` does: the signal's handler raises in the main thread, and the exception
+    is caught and dropped."""
+    try:
+        os.kill(os.getpid(), sig)
+        time.sleep(0.5)  # the handler runs here, in the main thread
+    except BaseException:  # noqa: BLE001 - what the library did
+        pass
+
+
 @pytest.mark.parametrize("sig,exc", [(signal.SIGTERM, "_Terminated"), (signal.SIGINT, "KeyboardInterrupt")])
 def test_a_signal_swallowed_by_a_library_still_stops_training_at_the_next_step(sig, exc):
     """The CI hang of stop 15: the signal landed while a library ran a bare ``except:`` (model loading), the
@@ -400,11 +410,7 @@ def test_a_signal_swallowed_by_a_library_still_stops_training_at_the_next_step(s
     signals = cli._Signals()
     signals.install()
     try:
-        try:
-            os.kill(os.getpid(), sig)
-            time.sleep(0.5)  # the handler runs here, in the main thread
-        except BaseException:  # noqa: BLE001 - what the library did
-            pass
+        swallow_a_signal(sig)
         with progress_bar(10, "train", check=signals.check) as on_step:
             with pytest.raises(BaseException) as got:
                 on_step(1, 0.5)
@@ -427,11 +433,7 @@ def test_a_signal_swallowed_while_the_model_loads_stops_every_command_before_it_
 
     def load_and_swallow(*args, **kw):
         lm = real_load(*args, **kw)
-        try:
-            os.kill(os.getpid(), sig)
-            time.sleep(0.5)  # the handler runs here, in the main thread
-        except BaseException:  # noqa: BLE001 - what the library did
-            pass
+        swallow_a_signal(sig)
         return lm
 
     monkeypatch.setattr(models, "load_model", load_and_swallow)
@@ -467,11 +469,7 @@ def test_a_signal_swallowed_during_generation_stops_at_the_next_batch(command, t
 
     def generate_and_swallow(self, *args, **kw):
         calls.append(1)
-        try:
-            os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(0.5)
-        except BaseException:  # noqa: BLE001 - what the library did
-            pass
+        swallow_a_signal(signal.SIGTERM)
         return real_generate(self, *args, **kw)
 
     monkeypatch.setattr(GenerationMixin, "generate", generate_and_swallow)
