@@ -1,8 +1,12 @@
-"""Utility-budget calibration: the largest strength lambda in [0, 1] at which the steered model's perplexity
-on a set of neutral texts rises by at most a given fraction, found by a safeguarded power-law secant search
+"""Utility-budget calibration: the largest strength lambda in [0, max_strength] (default [0, 1]) at which
+the steered model's perplexity on a set of neutral texts rises by at most a given fraction, found by a
+safeguarded power-law secant search
 (perplexity rises smoothly with the strength, about as its square: 3-4 evaluations instead of 7). The calibrated map
 T_lambda(z) = (1 + lambda (w - 1)) z + lambda b is saved as the steering, so that strength 1 of the file is
-the calibrated map. Calibrate on neutral texts that are NOT the ones used for evaluation."""
+the calibrated map. Calibrate on neutral texts that are NOT the ones used for evaluation.
+
+``max_strength > 1`` lets a map that is under the budget at strength 1 be extrapolated past the trained map
+(lambda (w - 1) with lambda > 1) until the budget is spent; the default 1 never goes past the trained map."""
 
 from __future__ import annotations
 
@@ -31,32 +35,44 @@ class Calibration:
     perplexity: float  # at ``strength``
     num_texts: int
     evaluations: list[tuple[float, float]] = field(default_factory=list)  # (strength, perplexity)
+    max_strength: float = 1.0  # the search's upper end
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def check_budget(max_increase: float) -> None:
+def check_budget(max_increase: float, max_strength: float = 1.0) -> None:
     if not max_increase > 0:
         raise LineasError(f"--max-ppl-increase must be > 0 (e.g. 0.1 for +10%), got {max_increase}")
+    if not (isinstance(max_strength, (int, float)) and math.isfinite(max_strength) and 0 < max_strength <= 10):
+        raise LineasError(f"--max-strength must be in (0, 10] (1 = never past the trained map; e.g. 2 to allow "
+                          f"twice its change when strength 1 is under the budget), got {max_strength}")
 
 
 def search_strength(increase: Callable[[float], float], budget: float, *, tolerance: float = 2**-6,
-                    close: float = 0.05, max_evals: int = 12) -> float:
-    """Largest lambda in [0, 1] with ``increase(lambda) <= budget`` (``increase`` = relative perplexity rise,
+                    close: float = 0.05, max_evals: int = 12, upper: float = 1.0) -> float:
+    """Largest lambda in [0, ``upper``] with ``increase(lambda) <= budget`` (``increase`` = relative perplexity rise,
     0 at lambda 0, assumed increasing), to within ``tolerance`` in lambda, or as soon as a feasible lambda
     reaches ``(1 - close) * budget``. A secant in log-log space: each guess fits ``a * lambda**p`` through
     the two evaluations nearest the budget (p = 2 while only one is known) and aims at
     ``(1 - close / 2) * budget``; it is kept inside the bracket, and the third guess in a row on the same side
-    of the budget is a bisection, so the bracket always closes. 1.0 when it fits."""
-    hi, f_hi = 1.0, increase(1.0)
-    if f_hi <= budget:
-        return 1.0
+    of the budget is a bisection, so the bracket always closes. ``upper`` when it fits. With ``upper > 1`` the
+    first evaluation is still at 1 (the trained map): over the budget, the search stays in [0, 1]; within it, the
+    search goes on in [1, upper]."""
+    hi = min(1.0, upper)
+    f_hi, evals = increase(hi), 1
     lo, f_lo = 0.0, 0.0
+    if f_hi <= budget:
+        if hi >= upper:
+            return hi
+        lo, f_lo = hi, f_hi  # the trained map fits: search (1, upper]
+        hi, f_hi, evals = upper, increase(upper), 2
+        if f_hi <= budget:
+            return upper
     above = [(hi, f_hi)]  # evaluations over the budget, newest last
     target = budget * (1 - close / 2)
     last_side, run = None, 0  # run: guesses in a row that landed on the same side of the budget
-    for _ in range(max_evals - 1):
+    for _ in range(max_evals - evals):
         if hi - lo <= tolerance or f_lo >= (1 - close) * budget:
             break
         if run >= 2:
@@ -85,10 +101,10 @@ def search_strength(increase: Callable[[float], float], budget: float, *, tolera
 
 def calibrate_strength(lm: LoadedModel, steering: Steering, texts: Sequence[str], *, max_increase: float = 0.1,
                        tolerance: float = 2**-6, show_progress: bool = False,
-                       check: Callable[[], None] | None = None) -> Calibration:
-    """The largest strength whose perplexity on ``texts`` is at most ``(1 + max_increase)`` x the base
-    (:func:`search_strength`: within ``tolerance``, or within 5 % of the budget)."""
-    check_budget(max_increase)
+                       check: Callable[[], None] | None = None, max_strength: float = 1.0) -> Calibration:
+    """The largest strength in [0, ``max_strength``] whose perplexity on ``texts`` is at most
+    ``(1 + max_increase)`` x the base (:func:`search_strength`: within ``tolerance``, or within 5 % of the budget)."""
+    check_budget(max_increase, max_strength)
     if len(texts) < 1:
         raise LineasError("calibration needs at least 1 neutral text (--calibrate-on FILE)")
     base = perplexity(lm, texts, show_progress=show_progress, desc="calibrate: base", check=check)
@@ -102,16 +118,18 @@ def calibrate_strength(lm: LoadedModel, steering: Steering, texts: Sequence[str]
                     100 * (ppl / base - 1))
         return ppl / base - 1
 
-    lam = search_strength(increase, max_increase, tolerance=tolerance)
+    lam = search_strength(increase, max_increase, tolerance=tolerance, upper=max_strength)
     at = dict(seen).get(lam, base)
     return Calibration(strength=lam, max_increase=max_increase, base_perplexity=base, perplexity=at,
-                       num_texts=len(texts), evaluations=seen)
+                       num_texts=len(texts), evaluations=seen, max_strength=max_strength)
 
 
 def calibrate_record(lm: LoadedModel, record: SteeringRecord, texts: Sequence[str], *,
-                     max_increase: float = 0.1, check: Callable[[], None] | None = None) -> Calibration:
+                     max_increase: float = 0.1, check: Callable[[], None] | None = None,
+                     max_strength: float = 1.0) -> Calibration:
     """Calibrate a trained steering in place (see :func:`apply_calibration`); ``check`` as in :func:`perplexity`."""
-    cal = calibrate_strength(lm, record.steering.to(lm.device), texts, max_increase=max_increase, check=check)
+    cal = calibrate_strength(lm, record.steering.to(lm.device), texts, max_increase=max_increase, check=check,
+                             max_strength=max_strength)
     apply_calibration(record, cal, texts)
     return cal
 

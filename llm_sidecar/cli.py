@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import signal
 import sys
@@ -117,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="neutral texts (not your evaluation texts): save the map at the largest strength whose "
                         "perplexity on them rises by at most --max-ppl-increase (strength 1 of the file = that map)")
     t.add_argument("--max-ppl-increase", type=float, default=0.1, help="utility budget of --calibrate-on (0.1 = +10%%)")
+    t.add_argument("--max-strength", type=float, default=1.0,
+                   help="largest strength --calibrate-on may keep (default 1: never past the trained map; e.g. 2 lets "
+                        "a map that is under the budget at strength 1 be extrapolated until the budget is spent)")
     _gen_args(t)
 
     g = sub.add_parser("generate", help="continue prompts, optionally under a steering")
@@ -151,6 +155,21 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--force", action="store_true", help="replace the result files of an existing --report")
     e.add_argument("--allow-transfer", action="store_true", help=_TRANSFER_HELP)
     _gen_args(e)
+
+    c = sub.add_parser("calibrate", help="save a steering at the largest strength within a perplexity budget "
+                                         "(recalibrate a trained file without training again)")
+    _model_args(c)
+    c.add_argument("--steering", required=True, help="steering file to calibrate (a calibrated one is first "
+                                                     "taken back to its trained map)")
+    c.add_argument("--calibrate-on", required=True, metavar="FILE",
+                   help="neutral texts (not your evaluation texts) to measure perplexity on")
+    c.add_argument("--max-ppl-increase", type=float, default=0.1, help="utility budget (0.1 = +10%%)")
+    c.add_argument("--max-strength", type=float, default=1.0,
+                   help="largest strength to keep, relative to the trained map (default 1; e.g. 2 to extrapolate a "
+                        "map that is under the budget at strength 1)")
+    c.add_argument("--out", required=True, help="steering file to write (.safetensors)")
+    c.add_argument("--force", action="store_true", help="replace --out if it exists")
+    c.add_argument("--allow-transfer", action="store_true", help=_TRANSFER_HELP)
 
     x = sub.add_parser("export", help="fold the steering into the weights; write a plain HF model folder")
     _model_args(x)
@@ -253,12 +272,15 @@ def cmd_train(a) -> int:
         prompts = []
     else:
         prompts = read_texts(a.from_prompts, what="--from-prompts")
+    if a.max_strength != 1.0 and not a.calibrate_on:
+        raise LineasError(f"--max-strength {a.max_strength:g} only applies to --calibrate-on FILE: add the neutral "
+                          f"texts to calibrate on, or drop --max-strength")
     calib = read_texts(a.calibrate_on, what="--calibrate-on") if a.calibrate_on else None
     if calib is not None:
         from .calibrate import check_budget
 
         require_samples(calib, "--calibrate-on", 1)
-        check_budget(a.max_ppl_increase)  # before the model loads
+        check_budget(a.max_ppl_increase, a.max_strength)  # before the model loads
     lm = _load(a)
     _set_chat(lm, a)
     if calib is not None:
@@ -280,7 +302,8 @@ def cmd_train(a) -> int:
     if calib is not None:
         from .calibrate import calibrate_record
 
-        cal = calibrate_record(lm, record, calib, max_increase=a.max_ppl_increase, check=a.check_signals)
+        cal = calibrate_record(lm, record, calib, max_increase=a.max_ppl_increase, check=a.check_signals,
+                              max_strength=a.max_strength)
         cal_note = (f"; calibrated to strength {cal.strength:.3f} (perplexity {cal.base_perplexity:.2f} -> "
                     f"{cal.perplexity:.2f} on {cal.num_texts} --calibrate-on texts)")
     a.check_signals()
@@ -370,6 +393,49 @@ def cmd_eval(a) -> int:
     return 0
 
 
+def cmd_calibrate(a) -> int:
+    from lineas_engine import SteeringRecord
+
+    from .calibrate import calibrate_record, check_budget
+    from .data import hash_texts, read_texts, require_samples
+    from .validate import check_out_file, check_scorable, hashes_of, save_or_rescue
+
+    out = check_out_file(a.out, a.force)
+    if out.resolve() == Path(a.steering).expanduser().resolve():
+        raise LineasError(f"--out {a.out!r} is the --steering file; write the calibrated map to a new file")
+    texts = read_texts(a.calibrate_on, what="--calibrate-on")
+    require_samples(texts, "--calibrate-on", 1)
+    check_budget(a.max_ppl_increase, a.max_strength)
+    lm = _load(a)
+    check_scorable(lm, texts, "--calibrate-on")
+    steering, meta = _load_steering(lm, a.steering, a.allow_transfer)
+    extra = dict(meta.extra)
+    name = extra.pop("name", None)
+    record = SteeringRecord(steering=steering, name=name if isinstance(name, str) else Path(a.steering).stem,
+                            fingerprint=meta.fingerprint, training=dict(meta.training), config=meta.config,
+                            extra=extra)
+    old_hashes = hashes_of(meta, "calibration_text_hashes", a.steering)
+    before = record.training.pop("calibration", None)
+    if before is not None:  # the file holds T_s of the trained map: take it back to the trained map
+        s0 = before.get("strength") if isinstance(before, dict) else None
+        if not (isinstance(s0, (int, float)) and math.isfinite(s0) and s0 > 0):
+            raise LineasError(f"steering {a.steering!r} was calibrated to strength {s0!r}: its trained map cannot be "
+                              "recovered from it; calibrate the uncalibrated file, or retrain")
+        record.steering = record.steering.at_strength(1.0 / s0)
+        record.training["calibrations_before"] = [*record.training.get("calibrations_before", []), before]
+    cal = calibrate_record(lm, record, texts, max_increase=a.max_ppl_increase, check=a.check_signals,
+                           max_strength=a.max_strength)
+    record.extra["calibration_text_hashes"] = sorted(set(old_hashes) | set(hash_texts(texts)))
+    a.check_signals()
+    save_or_rescue(lambda p: save_record(p, record, overwrite=a.force), out)
+    was = f" (it was at {before['strength']:.3f})" if before is not None else ""
+    rise = cal.perplexity / cal.base_perplexity - 1
+    sys.stdout.write(f"wrote {out}: the trained map at strength {cal.strength:.3f}{was}, perplexity "
+                     f"{cal.base_perplexity:.2f} -> {cal.perplexity:.2f} ({rise:+.1%}, budget "
+                     f"+{a.max_ppl_increase:.1%}) on {cal.num_texts} --calibrate-on texts\n")
+    return 0
+
+
 def cmd_export(a) -> int:
     from .export import export_folded
     from .validate import check_export_dir
@@ -395,7 +461,8 @@ def cmd_demo(a) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "generate": cmd_generate, "eval": cmd_eval, "export": cmd_export, "demo": cmd_demo}
+COMMANDS = {"train": cmd_train, "calibrate": cmd_calibrate, "generate": cmd_generate, "eval": cmd_eval,
+            "export": cmd_export, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -80,6 +80,9 @@ def check_args(a) -> None:
         _number(a.lr, "--lr", low=0, high=MAX_LR, low_open=True, hint=" (the paper: 0.1 with sgd, 0.0075 with adam)")
     if has("sparsity"):
         _number(a.sparsity, "--sparsity", low=0, high=1e3, hint=" (0 = dense)")
+    if has("max_strength"):
+        _number(a.max_strength, "--max-strength", low=0, high=MAX_STRENGTH, low_open=True,
+                hint=" (1 = never past the trained map, e.g. 2)")
     if has("max_ppl_increase"):
         v = a.max_ppl_increase
         if not (isinstance(v, (int, float)) and math.isfinite(v) and 0 < v <= 1e3):

@@ -180,6 +180,8 @@ def test_perplexity_with_no_scored_token_is_an_error_not_1(tiny_llama_dir, texts
     (["train", "--out", "o", "--steps", "0"], "--steps must be"),
     (["train", "--out", "o", "--n", "1"], "--n must be"),
     (["train", "--out", "o", "--max-ppl-increase", "nan"], "--max-ppl-increase"),
+    (["train", "--out", "o", "--max-strength", "inf"], "--max-strength must be"),
+    (["train", "--out", "o", "--max-strength", "-1"], "--max-strength must be"),
     (["train", "--out", "o", "--temperature", "nan"], "--temperature"),
     (["generate", "--prompt", "hi", "--top-p", "0"], "--top-p"),
     (["generate", "--prompt", "hi", "--seed=-5"], "--seed"),
@@ -421,7 +423,7 @@ def test_a_signal_swallowed_by_a_library_still_stops_training_at_the_next_step(s
 
 
 @pytest.mark.parametrize("sig,code,word", [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")])
-@pytest.mark.parametrize("command", ["train", "generate", "eval", "export", "demo"])
+@pytest.mark.parametrize("command", ["train", "calibrate", "generate", "eval", "export", "demo"])
 def test_a_signal_swallowed_while_the_model_loads_stops_every_command_before_it_writes(
         command, sig, code, word, tiny_llama_dir, trained, texts, tmp_path, monkeypatch, capsys):
     """Every command, not only training: the signal arrives during loading and a library swallows it. The command
@@ -448,6 +450,8 @@ def test_a_signal_swallowed_while_the_model_loads_stops_every_command_before_it_
                      "--report", out / "report"],
             "export": ["export", "--model", tiny_llama_dir, "--steering", trained, "--out", out / "exported",
                        "--device", "cpu"],
+            "calibrate": ["calibrate", "--model", tiny_llama_dir, "--steering", trained, "--calibrate-on",
+                          texts / "neutral.txt", "--out", out / "c.safetensors", "--device", "cpu"],
             "demo": ["demo", "--model", tiny_llama_dir, "--n", "4", "--steps", "3", "--eval-prompts", "4",
                      "--neutral", "4", "--out", out / "demo"]}[command]
     before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
