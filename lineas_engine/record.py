@@ -65,10 +65,11 @@ def save_record(path: str | os.PathLike, record: SteeringRecord, *, overwrite: b
 
 
 def load_record(path: str | os.PathLike, *, model: nn.Module | None = None, architecture: str | None = None,
-                device: torch.device | str | None = None) -> SteeringRecord:
+                device: torch.device | str | None = None, allow_transfer: bool = False) -> SteeringRecord:
     """Read and validate a steering file (see :func:`load_steering`) as a record. A file without a name
     (written before records) is named after the file."""
-    steering, meta = load_steering(path, model=model, architecture=architecture, device=device)
+    steering, meta = load_steering(path, model=model, architecture=architecture, device=device,
+                                   allow_transfer=allow_transfer)
     extra = dict(meta.extra)
     name = extra.pop("name", None)
     return SteeringRecord(steering=steering, name=str(name) if isinstance(name, str) else Path(path).stem,

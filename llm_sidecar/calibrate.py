@@ -1,7 +1,7 @@
 """Utility-budget calibration: the largest strength lambda in [0, max_strength] (default [0, 1]) at which
 the steered model's perplexity on a set of neutral texts rises by at most a given fraction, found by a
-safeguarded power-law secant search
-(perplexity rises smoothly with the strength, about as its square: 3-4 evaluations instead of 7). The calibrated map
+safeguarded power-law secant search (perplexity rises smoothly with the strength, about as its square: 3-4
+evaluations instead of 7). The calibrated map
 T_lambda(z) = (1 + lambda (w - 1)) z + lambda b is saved as the steering, so that strength 1 of the file is
 the calibrated map. Calibrate on neutral texts that are NOT the ones used for evaluation.
 
@@ -20,6 +20,7 @@ from lineas_engine import LineasError, Steering, SteeringRecord
 from .data import hash_texts
 from .models import LoadedModel
 from .perplexity import perplexity
+from .validate import MAX_STRENGTH
 
 __all__ = ["Calibration", "calibrate_strength", "calibrate_record", "apply_calibration", "check_budget",
            "search_strength"]
@@ -44,9 +45,10 @@ class Calibration:
 def check_budget(max_increase: float, max_strength: float = 1.0) -> None:
     if not max_increase > 0:
         raise LineasError(f"--max-ppl-increase must be > 0 (e.g. 0.1 for +10%), got {max_increase}")
-    if not (isinstance(max_strength, (int, float)) and math.isfinite(max_strength) and 0 < max_strength <= 10):
-        raise LineasError(f"--max-strength must be in (0, 10] (1 = never past the trained map; e.g. 2 to allow "
-                          f"twice its change when strength 1 is under the budget), got {max_strength}")
+    if not (isinstance(max_strength, (int, float)) and math.isfinite(max_strength)
+            and 0 < max_strength <= MAX_STRENGTH):
+        raise LineasError(f"--max-strength must be in (0, {MAX_STRENGTH:g}] (1 = never past the trained map; e.g. 2 "
+                          f"to allow twice its change when strength 1 is under the budget), got {max_strength}")
 
 
 def search_strength(increase: Callable[[float], float], budget: float, *, tolerance: float = 2**-6,
@@ -136,9 +138,10 @@ def calibrate_record(lm: LoadedModel, record: SteeringRecord, texts: Sequence[st
 
 def apply_calibration(record: SteeringRecord, calibration: Calibration, texts: Sequence[str]) -> SteeringRecord:
     """``record`` becomes the map at the calibrated strength (strength 1 of the saved file), with the
-    calibration in its training record and the hashes of the calibration ``texts`` (so that evaluation
-    refuses them)."""
+    calibration in its training record and the hashes of the calibration ``texts`` added to those of any
+    earlier calibration (so that evaluation refuses all of them)."""
     record.steering = record.steering.at_strength(calibration.strength)
     record.training["calibration"] = calibration.to_dict()
-    record.extra["calibration_text_hashes"] = hash_texts(texts)
+    earlier = record.extra.get("calibration_text_hashes", [])
+    record.extra["calibration_text_hashes"] = sorted(set(earlier) | set(hash_texts(texts)))
     return record

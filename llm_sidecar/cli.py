@@ -238,11 +238,15 @@ def _set_chat(lm, a, meta=None) -> None:
         lm.chat = chat_from_meta(lm.tokenizer, meta.extra, a.chat, a.system, model=a.model)
 
 
-def _load_steering(lm, path: str, allow_transfer: bool = False):
+def _check_map(steering, path: str) -> None:
     from .validate import check_map
 
-    steering, meta = load_steering(path, model=lm.model, architecture=lm.architecture, allow_transfer=allow_transfer)
     check_map(steering, what=f"steering {path!r}", fix="it comes from a diverged training: retrain with a lower --lr")
+
+
+def _load_steering(lm, path: str, allow_transfer: bool = False):
+    steering, meta = load_steering(path, model=lm.model, architecture=lm.architecture, allow_transfer=allow_transfer)
+    _check_map(steering, path)
     return steering.to(lm.device), meta
 
 
@@ -280,7 +284,7 @@ def cmd_train(a) -> int:
         from .calibrate import check_budget
 
         require_samples(calib, "--calibrate-on", 1)
-        check_budget(a.max_ppl_increase, a.max_strength)  # before the model loads
+        check_budget(a.max_ppl_increase)  # before the model loads
     lm = _load(a)
     _set_chat(lm, a)
     if calib is not None:
@@ -394,10 +398,10 @@ def cmd_eval(a) -> int:
 
 
 def cmd_calibrate(a) -> int:
-    from lineas_engine import SteeringRecord
+    from lineas_engine import load_record
 
-    from .calibrate import calibrate_record, check_budget
-    from .data import hash_texts, read_texts, require_samples
+    from .calibrate import calibrate_record
+    from .data import read_texts, require_samples
     from .validate import check_out_file, check_scorable, hashes_of, save_or_rescue
 
     out = check_out_file(a.out, a.force)
@@ -405,16 +409,11 @@ def cmd_calibrate(a) -> int:
         raise LineasError(f"--out {a.out!r} is the --steering file; write the calibrated map to a new file")
     texts = read_texts(a.calibrate_on, what="--calibrate-on")
     require_samples(texts, "--calibrate-on", 1)
-    check_budget(a.max_ppl_increase, a.max_strength)
     lm = _load(a)
     check_scorable(lm, texts, "--calibrate-on")
-    steering, meta = _load_steering(lm, a.steering, a.allow_transfer)
-    extra = dict(meta.extra)
-    name = extra.pop("name", None)
-    record = SteeringRecord(steering=steering, name=name if isinstance(name, str) else Path(a.steering).stem,
-                            fingerprint=meta.fingerprint, training=dict(meta.training), config=meta.config,
-                            extra=extra)
-    old_hashes = hashes_of(meta, "calibration_text_hashes", a.steering)
+    record = load_record(a.steering, model=lm.model, architecture=lm.architecture, allow_transfer=a.allow_transfer)
+    _check_map(record.steering, a.steering)
+    hashes_of(record, "calibration_text_hashes", a.steering)  # intact before they are merged with the new ones
     before = record.training.pop("calibration", None)
     if before is not None:  # the file holds T_s of the trained map: take it back to the trained map
         s0 = before.get("strength") if isinstance(before, dict) else None
@@ -425,7 +424,6 @@ def cmd_calibrate(a) -> int:
         record.training["calibrations_before"] = [*record.training.get("calibrations_before", []), before]
     cal = calibrate_record(lm, record, texts, max_increase=a.max_ppl_increase, check=a.check_signals,
                            max_strength=a.max_strength)
-    record.extra["calibration_text_hashes"] = sorted(set(old_hashes) | set(hash_texts(texts)))
     a.check_signals()
     save_or_rescue(lambda p: save_record(p, record, overwrite=a.force), out)
     was = f" (it was at {before['strength']:.3f})" if before is not None else ""

@@ -223,14 +223,12 @@ def test_calibrate_command_takes_a_calibrated_file_back_to_its_trained_map(tiny_
     """`lineas-llm calibrate` on a file calibrated by `train --calibrate-on`: the new strength is relative to the
     trained map (a budget it cannot spend with --max-strength 3 gives the trained map at 3), the earlier
     calibration is kept in the record, and eval refuses the texts of both calibrations."""
-    from lineas_engine import load_steering
-
-    plain, cal, re3 = texts / "plain.safetensors", texts / "cal.safetensors", texts / "re3.safetensors"
-    assert _train(tiny_llama_dir, texts, plain, "--lr", "0.3") == 0
-    from lineas_engine import load_record, save_record
+    from lineas_engine import load_record, load_steering, save_record
     from llm_sidecar.calibrate import Calibration, apply_calibration
     from llm_sidecar.data import read_texts
 
+    plain, cal, re3 = texts / "plain.safetensors", texts / "cal.safetensors", texts / "re3.safetensors"
+    assert _train(tiny_llama_dir, texts, plain, "--lr", "0.3") == 0
     record = load_record(plain)  # a file calibrated to strength 0.4 on neutral.txt, as train --calibrate-on writes
     apply_calibration(record, Calibration(strength=0.4, max_increase=0.05, base_perplexity=10.0, perplexity=10.5,
                                           num_texts=5), read_texts(texts / "neutral.txt"))
