@@ -5,7 +5,7 @@ per-coordinate 1-D optimal transport loss between pooled source and target activ
 sparse (proximal sparse group lasso). Imports only torch, numpy, POT and safetensors.
 """
 
-from .config import MAPS, Forward, OnStep, TrainConfig, TrainResult
+from .config import MAPS, Forward, OnStep, Regularizer, TrainConfig, TrainResult
 from .errors import (
     IncompatibleSteeringError,
     LineasError,
@@ -52,7 +52,7 @@ __all__ = [
     "is_recomputing",
     "pool", "wasserstein_1d_sq", "ot_loss",
     "make_optimizer", "cosine_schedule", "prox_sparse_group_lasso_", "soft_threshold",
-    "TrainConfig", "TrainResult", "Forward", "OnStep", "MAPS",
+    "TrainConfig", "TrainResult", "Forward", "OnStep", "Regularizer", "MAPS",
     "train", "register_method", "get_method", "Method", "METHODS",
     "fit", "record_activations", "forward_recorded", "evaluate_loss", "grouped_loss", "frozen",
     "num_samples", "slice_samples", "sample_groups", "minibatches",

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, ContextManager, Mapping
 
 import torch
 
 from .errors import LineasError
 
-__all__ = ["TrainConfig", "TrainResult", "Forward", "OnStep", "MAPS"]
+__all__ = ["TrainConfig", "TrainResult", "Forward", "OnStep", "Regularizer", "MAPS"]
 
 #: what training learns of each map h -> w * h + b: both (the paper), the scales only (b stays 0: the map
 #: folds into the site's own weight on any architecture) or the shifts only (w stays 1).
@@ -21,6 +21,11 @@ Forward = Callable[[Mapping[str, Any]], Any]
 """The host's forward pass on one mini-batch (a sample dict); the engine never moves data."""
 OnStep = Callable[[int, float], None]
 """Called after every training step with (step, loss); may raise to stop training."""
+Regularizer = Callable[[int, Callable[[], ContextManager[Any]]], torch.Tensor]
+"""A host's term added to each step's loss: ``regularizer(step, steered)`` returns a scalar tensor; inside
+``with steered():`` the steering being trained is attached at strength 1 (outside it, the model runs
+unsteered). It runs whatever forward passes it needs (e.g. a KL divergence of the steered model's
+next-token distribution to the unsteered one's on neutral texts); the engine backpropagates it."""
 
 
 @dataclass
@@ -103,6 +108,7 @@ class TrainResult:
     target_seconds: float = 0.0
     last_site: str | None = None
     method: str = "lineas"
+    regularizer_values: list[float] = field(default_factory=list)
 
     def summary(self) -> dict:
         """JSON-friendly figures (no tensors) for file metadata and reports."""
@@ -115,4 +121,6 @@ class TrainResult:
             "eval_before": self.eval_before,
             "eval_after": self.eval_after,
             "support": self.support,
+            **({"regularizer_first": self.regularizer_values[0], "regularizer_last": self.regularizer_values[-1]}
+               if self.regularizer_values else {}),
         }

@@ -13,8 +13,9 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from .config import Forward, OnStep, TrainConfig, TrainResult
+from .config import Forward, OnStep, Regularizer, TrainConfig, TrainResult
 from .errors import LineasError, NonFiniteLossError
+from .hooks import steered
 from .optim import cosine_schedule, make_optimizer, prox_sparse_group_lasso_
 from .recording import evaluate_loss, forward_recorded, frozen, grouped_loss, record_activations
 from .samples import minibatches, num_samples, sample_groups, slice_samples
@@ -45,6 +46,7 @@ def fit(
     eval_source: Mapping[str, Any] | None = None,
     on_step: OnStep | None = None,
     last_site: str | None = None,
+    regularizer: Regularizer | None = None,
 ) -> TrainResult:
     """Train ``steering`` in place so that the steered source activations match the target's in
     distribution at every site, end to end (the loss at a site sees every upstream map).
@@ -53,7 +55,11 @@ def fit(
     skips the target pass; pass ``last_site=result.last_site`` with it so that even the first step stops
     after the last site (otherwise the first step runs whole to learn the order). ``eval_source`` gets the
     whole-set loss before and after. ``on_step(step, loss)`` is called after every step and may raise to
-    stop training (nothing is written by this function)."""
+    stop training (nothing is written by this function).
+
+    ``regularizer(step, steered)`` (optional, see :data:`~lineas_engine.config.Regularizer`) is added to every
+    step's loss; ``result.losses`` stay the OT loss alone and ``result.regularizer_values``
+    hold the term's values."""
     cfg = config or TrainConfig()
     if num_samples(source) < 2:
         raise LineasError(f"need at least 2 source samples, got {num_samples(source)}")
@@ -69,14 +75,15 @@ def fit(
                                  target_groups=tg.groups)
 
         eval_before = evaluate(None) if eval_source is not None else None
-        losses, eval_curve, stop = _optimise(root, steering, forward, source, tg, cfg, on_step,
-                                             evaluate if eval_source is not None else None)
+        losses, eval_curve, stop, reg_values = _optimise(root, steering, forward, source, tg, cfg, on_step,
+                                                         evaluate if eval_source is not None else None, regularizer)
         eval_after = evaluate(steering) if eval_source is not None else None
     seconds = time.perf_counter() - t0
     logger.info("trained %d steps in %.1f s: loss %.4g -> %.4g", len(losses), seconds, losses[0], losses[-1])
     return TrainResult(losses=losses, eval_before=eval_before, eval_after=eval_after, seconds=seconds,
                        steps=len(losses), support=steering.support(), target_acts=tg.acts, target_groups=tg.groups,
-                       eval_curve=eval_curve, target_seconds=target_seconds, last_site=stop)
+                       eval_curve=eval_curve, target_seconds=target_seconds, last_site=stop,
+                       regularizer_values=reg_values)
 
 
 def _targets(root, steering, forward, target, target_acts, target_groups, last_site, cfg) -> _Targets:
@@ -103,13 +110,14 @@ def _targets(root, steering, forward, target, target_acts, target_groups, last_s
     return _Targets(acts, target_groups, last_site if cfg.stop_after_last_site else None)
 
 
-def _optimise(root, steering, forward, source, tg: _Targets, cfg: TrainConfig, on_step, evaluate):
-    """The loop: sample a mini-batch, loss and gradient, optimiser step, proximal step, schedule."""
+def _optimise(root, steering, forward, source, tg: _Targets, cfg: TrainConfig, on_step, evaluate, regularizer=None):
+    """The loop: sample a mini-batch, loss and gradient (plus the host's regularizer), optimiser step, proximal
+    step, schedule."""
     with _learning(steering, cfg.maps) as learned:
         opt = make_optimizer(learned, cfg.optimizer, cfg.lr, cfg.weight_decay)
         sched = cosine_schedule(opt, cfg.steps, cfg.warmup) if cfg.schedule == "cosine" else None
         batches = minibatches(num_samples(source), cfg.batch_size, torch.Generator().manual_seed(cfg.seed))
-        stop, losses, eval_curve = tg.last_site, [], []
+        stop, losses, eval_curve, reg_values = tg.last_site, [], [], []
         patience = _Patience(cfg.patience, cfg.min_delta)
         for step in range(1, cfg.steps + 1):
             batch = slice_samples(source, next(batches))
@@ -121,6 +129,11 @@ def _optimise(root, steering, forward, source, tg: _Targets, cfg: TrainConfig, o
             if not math.isfinite(value):
                 raise NonFiniteLossError(f"loss became {value} at step {step}; lower the learning rate (lr={cfg.lr}) "
                                          "or check the inputs for NaN/inf")
+            total = value
+            if regularizer is not None:
+                reg = _regularizer_step(root, steering, regularizer, step)
+                reg_values.append(reg)
+                total += reg
             tau = opt.param_groups[0]["lr"]
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -133,10 +146,27 @@ def _optimise(root, steering, forward, source, tg: _Targets, cfg: TrainConfig, o
                 eval_curve.append((step, evaluate(steering)))
             if on_step is not None:
                 on_step(step, value)
-            if patience.exhausted(value):
+            if patience.exhausted(total):
                 logger.info("early stop at step %d: no improvement for %d steps", step, cfg.patience)
                 break
-        return losses, eval_curve, stop
+        return losses, eval_curve, stop, reg_values
+
+
+def _regularizer_step(root, steering: Steering, regularizer: Regularizer, step: int) -> float:
+    """The host's term at ``step``; its gradient is added to the OT loss's."""
+    with torch.enable_grad():
+        r = regularizer(step, lambda: steered(root, steering))
+    if not isinstance(r, torch.Tensor) or r.numel() != 1:
+        raise LineasError(f"the regularizer must return a scalar tensor, got {type(r).__name__}"
+                          + (f" of shape {tuple(r.shape)}" if isinstance(r, torch.Tensor) else ""))
+    value = float(r.detach())
+    if not math.isfinite(value):
+        raise NonFiniteLossError(f"the regularizer became {value} at step {step}; check its inputs for NaN/inf")
+    if not r.requires_grad:
+        raise LineasError("the regularizer's value has no gradient: it must run the model inside the steered() "
+                          "context it is given, and keep the graph")
+    r.backward()
+    return value
 
 
 @contextlib.contextmanager

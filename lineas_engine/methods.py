@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
-from .config import Forward, OnStep, TrainConfig, TrainResult
+from .config import Forward, OnStep, Regularizer, TrainConfig, TrainResult
 from .errors import LineasError
 from .layerwise import fit_layerwise
 from .loop import fit
@@ -78,17 +78,23 @@ def train(
     on_step: OnStep | None = None,
     eval_source: Mapping[str, Any] | None = None,
     device: torch.device | str | None = None,
+    regularizer: Regularizer | None = None,
 ) -> tuple[Steering, TrainResult]:
     """Learn a steering of ``root`` at ``specs`` that maps the activations on ``source`` onto those on
     ``target`` with ``method``; returns it (on the CPU) and the run's figures (``result.method`` is the
-    canonical name). ``device``: where the steering lives while training (default: the model's)."""
+    canonical name). ``device``: where the steering lives while training (default: the model's).
+    ``regularizer``: a host's term added to each step's loss (:data:`~lineas_engine.config.Regularizer`);
+    iterative methods only."""
     m = get_method(method)
+    if regularizer is not None and not m.iterative:
+        raise LineasError(f"method {m.name!r} is fitted in closed form and takes no regularizer; use 'lineas'")
     cfg = config or TrainConfig()
     if device is None:
         device = next((p.device for p in root.parameters()), torch.device("cpu"))
     t0 = time.perf_counter()
+    extra = {"regularizer": regularizer} if regularizer is not None else {}
     steering, result = m.fn(root, specs, forward, source, target, config=cfg, on_step=on_step,
-                            eval_source=source if eval_source is None else eval_source, device=device)
+                            eval_source=source if eval_source is None else eval_source, device=device, **extra)
     result.seconds = time.perf_counter() - t0
     result.method = m.name
     logger.info("%s on %d sites in %.1f s: whole-set loss %.4g -> %.4g", m.name, len(specs), result.seconds,
@@ -96,10 +102,10 @@ def train(
     return steering.cpu(), result
 
 
-def _lineas(root, specs, forward, source, target, *, config, on_step, eval_source, device):
+def _lineas(root, specs, forward, source, target, *, config, on_step, eval_source, device, regularizer=None):
     steering = Steering(specs).to(device)
     return steering, fit(root, steering, forward, source, target, config=config, on_step=on_step,
-                         eval_source=eval_source)
+                         eval_source=eval_source, regularizer=regularizer)
 
 
 def _layerwise(root, specs, forward, source, target, *, config, on_step, eval_source, device):

@@ -16,6 +16,7 @@ from pathlib import Path
 from lineas_engine import MAPS, METHODS, LineasError, TrainConfig, get_method, load_steering, save_record
 
 from .judges import JUDGE_HELP
+from .preserve import PRESERVE_WEIGHT
 
 __all__ = ["main", "build_parser"]
 
@@ -118,6 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="neutral texts (not your evaluation texts): save the map at the largest strength whose "
                         "perplexity on them rises by at most --max-ppl-increase (strength 1 of the file = that map)")
     t.add_argument("--max-ppl-increase", type=float, default=0.1, help="utility budget of --calibrate-on (0.1 = +10%%)")
+    t.add_argument("--preserve", metavar="FILE",
+                   help="neutral texts to keep fluent while training (not your evaluation or --calibrate-on texts): "
+                        "adds --preserve-weight x the KL divergence of the steered model's next-token distribution "
+                        "from the unsteered one's on them to the OT loss (not in the paper; about 2.5x the training "
+                        "time)")
+    t.add_argument("--preserve-weight", type=float, default=None,
+                   help=f"weight of the --preserve term (default {PRESERVE_WEIGHT:g})")
     t.add_argument("--max-strength", type=float, default=1.0,
                    help="largest strength --calibrate-on may keep (default 1: never past the trained map; e.g. 2 lets "
                         "a map that is under the budget at strength 1 be extrapolated until the budget is spent)")
@@ -279,7 +287,21 @@ def cmd_train(a) -> int:
     if a.max_strength != 1.0 and not a.calibrate_on:
         raise LineasError(f"--max-strength {a.max_strength:g} only applies to --calibrate-on FILE: add the neutral "
                           f"texts to calibrate on, or drop --max-strength")
+    if a.preserve_weight is not None and not a.preserve:
+        raise LineasError(f"--preserve-weight {a.preserve_weight:g} only applies to --preserve FILE: add the neutral "
+                          f"texts to keep fluent, or drop --preserve-weight")
+    preserve_weight = PRESERVE_WEIGHT if a.preserve_weight is None else a.preserve_weight  # range: check_args
+    preserve = read_texts(a.preserve, what="--preserve") if a.preserve else None
+    if preserve is not None:
+        require_samples(preserve, "--preserve")
+        if a.method != "lineas":
+            raise LineasError(f"--preserve needs --method lineas (the {a.method} method is fitted in closed form)")
     calib = read_texts(a.calibrate_on, what="--calibrate-on") if a.calibrate_on else None
+    if calib is not None and preserve is not None:
+        from .data import check_disjoint, hash_texts
+
+        check_disjoint(calib, hash_texts(preserve), what="--calibrate-on texts", used_for="--preserve",
+                       fix="calibrate on other neutral texts than the ones training keeps fluent")
     if calib is not None:
         from .calibrate import check_budget
 
@@ -289,6 +311,12 @@ def cmd_train(a) -> int:
     _set_chat(lm, a)
     if calib is not None:
         check_scorable(lm, calib, "--calibrate-on")  # before training, not after
+    regularizer = None
+    if preserve is not None:
+        from .preserve import kl_regularizer
+
+        check_scorable(lm, preserve, "--preserve")
+        regularizer = kl_regularizer(lm, preserve, preserve_weight, seed=a.seed)
     if prompts:
         from .build import build_sets
         from .judges import make_judge
@@ -297,7 +325,8 @@ def cmd_train(a) -> int:
     with progress_bar(cfg.steps, "train", check=a.check_signals) as bar:
         record, r = train_steering(lm, source, target, method=a.method, sites_pattern=a.sites, config=cfg,
                                    max_length=a.max_length, on_step=bar, training_prompts=prompts,
-                                   name=Path(out).stem)
+                                   name=Path(out).stem, regularizer=regularizer, preserve=preserve or (),
+                                   preserve_weight=preserve_weight if preserve else None)
     check_map(record.steering)  # finite and sane before calibrating or saving it
     if r.losses and not r.losses[-1] <= 10 * r.losses[0]:
         logger.warning("the loss rose from %.4g to %.4g: the training diverged; retrain with a lower --lr",
@@ -380,6 +409,9 @@ def cmd_eval(a) -> int:
         check_disjoint(prompts, hashes_of(meta, "training_text_hashes", a.steering))
         check_disjoint(neutral, hashes_of(meta, "calibration_text_hashes", a.steering), what="--neutral texts",
                        used_for="calibrate this steering's strength", fix="measure perplexity on other texts")
+        check_disjoint(neutral, hashes_of(meta, "preserve_text_hashes", a.steering), what="--neutral texts",
+                       used_for="keep this steering fluent in training (--preserve)",
+                       fix="measure perplexity on other texts")
     rows = evaluate_strengths(lm, steering, prompts, neutral, strengths=a.strengths, seeds=a.seeds, judge=judge,
                               gen=_gen_config(a), label=a.label or (Path(a.steering).stem if a.steering else "none"),
                               check=a.check_signals)
@@ -401,7 +433,7 @@ def cmd_calibrate(a) -> int:
     from lineas_engine import load_record
 
     from .calibrate import calibrate_record
-    from .data import read_texts, require_samples
+    from .data import check_disjoint, read_texts, require_samples
     from .validate import check_out_file, check_scorable, hashes_of, save_or_rescue
 
     out = check_out_file(a.out, a.force)
@@ -414,6 +446,9 @@ def cmd_calibrate(a) -> int:
     record = load_record(a.steering, model=lm.model, architecture=lm.architecture, allow_transfer=a.allow_transfer)
     _check_map(record.steering, a.steering)
     hashes_of(record, "calibration_text_hashes", a.steering)  # intact before they are merged with the new ones
+    check_disjoint(texts, hashes_of(record, "preserve_text_hashes", a.steering), what="--calibrate-on texts",
+                   used_for="keep this steering fluent in training (--preserve)",
+                   fix="calibrate on other neutral texts")
     before = record.training.pop("calibration", None)
     if before is not None:  # the file holds T_s of the trained map: take it back to the trained map
         s0 = before.get("strength") if isinstance(before, dict) else None

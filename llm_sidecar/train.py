@@ -46,10 +46,15 @@ def train_steering(
     on_step: Callable[[int, float], None] | None = None,
     training_prompts: Sequence[str] = (),
     name: str = "steering",
+    regularizer=None,
+    preserve: Sequence[str] = (),
+    preserve_weight: float | None = None,
 ) -> tuple[SteeringRecord, TrainResult]:
     """Train a steering that maps the model's activations on ``source`` texts onto those on ``target``.
     The record carries the model's fingerprint and the hashes of every training text and of
-    ``training_prompts`` (the prompts the sets were built from), so that evaluation can refuse them."""
+    ``training_prompts`` (the prompts the sets were built from), so that evaluation can refuse them.
+    ``regularizer`` (e.g. :func:`~llm_sidecar.preserve.kl_regularizer` on the ``preserve`` texts, with
+    ``preserve_weight``) is added to the loss; the preserve texts are hashed and recorded with the others."""
     require_samples(source, "the source set")
     require_samples(target, "the target set")
     cfg = config or TrainConfig()
@@ -62,10 +67,14 @@ def train_steering(
     sites = choose_sites(lm.model, sites_pattern)
     src, tgt = encode(lm, source, max_length), encode(lm, target, max_length)
     steering, result = train(lm.model, site_specs(lm.model, sites), lm_forward(lm), src, tgt, method=method,
-                             config=cfg, on_step=on_step, device=lm.device)
+                             config=cfg, on_step=on_step, device=lm.device, regularizer=regularizer)
     fingerprint = {**model_fingerprint(lm.model, lm.architecture), "model": lm.name}
     record = SteeringRecord.from_training(steering, result, cfg, name=name, fingerprint=fingerprint,
                                           num_sites=len(sites))
-    record.extra["training_text_hashes"] = sorted(set(hash_texts([*source, *target, *training_prompts])))
+    record.extra["training_text_hashes"] = sorted(set(hash_texts([*source, *target, *training_prompts, *preserve])))
+    if regularizer is not None:
+        record.extra["preserve"] = {"kind": "next-token KL to the unsteered model", "texts": len(preserve),
+                                    "weight": preserve_weight}
+        record.extra["preserve_text_hashes"] = hash_texts(preserve)  # eval refuses them as --neutral too
     record.extra["chat"] = lm.chat.to_dict() if lm.chat is not None else {"enabled": False}
     return record, result

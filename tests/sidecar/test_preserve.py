@@ -1,0 +1,88 @@
+"""The --preserve fluency term: the next-token KL against torch's own KL divergence, zero at the identity,
+and `lineas-llm train --preserve` on a tiny real Llama (the term is trained against, recorded, its texts
+refused as evaluation texts, its misuse refused before anything loads or is written)."""
+
+import pytest
+import torch
+
+from llm_sidecar.cli import main
+from llm_sidecar.preserve import next_token_kl
+
+from .conftest import NEUTRAL
+from .test_cli import _train
+
+
+def test_next_token_kl_is_torchs_kl_divergence_over_the_masked_positions():
+    g = torch.Generator().manual_seed(0)
+    base, logits = torch.randn(3, 5, 11, generator=g) * 3, torch.randn(3, 5, 11, generator=g) * 3
+    mask = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 1]])
+    ref = torch.nn.functional.kl_div(torch.log_softmax(logits, -1), torch.log_softmax(base, -1), log_target=True,
+                                     reduction="none").sum(-1)
+    expected = ref[mask.bool()].mean()
+    assert torch.allclose(next_token_kl(base, logits, mask), expected, rtol=1e-5, atol=1e-7)
+    assert next_token_kl(base, base.clone(), mask) == 0
+    logits[0, 4] = 1e4  # a masked-out position never counts
+    assert torch.allclose(next_token_kl(base, logits, mask), expected, rtol=1e-5, atol=1e-7)
+
+
+def _kl_of(model_dir, steering_file, texts):
+    from lineas_engine import load_steering
+    from lineas_engine.hooks import steered
+    from llm_sidecar.models import load_model
+    from llm_sidecar.preserve import kl_regularizer
+
+    lm = load_model(model_dir, device="cpu")
+    steering, _ = load_steering(steering_file)
+    reg = kl_regularizer(lm, texts, 1.0, batch_size=len(texts))
+    with torch.no_grad():
+        return reg(1, lambda: steered(lm.model, steering)).item()
+
+
+def test_train_with_preserve_keeps_the_steered_model_nearer_on_those_texts(tiny_llama_dir, texts, capsys):
+    from lineas_engine import load_steering
+
+    free, kept = texts / "free.safetensors", texts / "kept.safetensors"
+    assert _train(tiny_llama_dir, texts, free) == 0
+    assert _train(tiny_llama_dir, texts, kept, "--preserve", str(texts / "neutral.txt"),
+                  "--preserve-weight", "1e6") == 0
+    out = capsys.readouterr().out
+    assert "wrote" in out
+    _, meta = load_steering(kept)
+    assert meta.extra["preserve"] == {"kind": "next-token KL to the unsteered model", "texts": len(NEUTRAL),
+                                      "weight": 1e6}
+    assert len(meta.extra["training_text_hashes"]) == 16 + len(NEUTRAL)
+    assert meta.training["regularizer_first"] == 0.0  # the identity
+    steering, _ = load_steering(kept)
+    assert steering.support() > 0  # it still learnt a map ...
+    kl_free, kl_kept = _kl_of(tiny_llama_dir, free, NEUTRAL), _kl_of(tiny_llama_dir, kept, NEUTRAL)
+    assert abs(kl_kept) < 0.1 * kl_free, (kl_kept, kl_free)  # ... that leaves the neutral texts' predictions alone
+    # the preserve texts are training texts: eval refuses them as --neutral
+    rc = main(["eval", "--model", tiny_llama_dir, "--steering", str(kept), "--prompts", str(texts / "prompts.txt"),
+               "--neutral", str(texts / "neutral.txt"), "--report", str(texts / "rep"), "--max-new-tokens", "4",
+               "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "--neutral texts were used to keep this steering fluent in training (--preserve)" in err, err
+    assert not (texts / "rep").exists()
+    # nor may `lineas-llm calibrate` calibrate on them
+    rc = main(["calibrate", "--model", tiny_llama_dir, "--steering", str(kept), "--calibrate-on",
+               str(texts / "neutral.txt"), "--max-ppl-increase", "0.05", "--out", str(texts / "c.safetensors"),
+               "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "--calibrate-on texts were used to keep this steering fluent" in err, err
+    assert not (texts / "c.safetensors").exists()
+
+
+@pytest.mark.parametrize("extra, match", [
+    (["--preserve-weight", "0.5"], "--preserve-weight 0.5 only applies to --preserve FILE"),
+    (["--preserve", "NEUTRAL", "--method", "layerwise"], "--preserve needs --method lineas"),
+    (["--preserve", "MISSING"], "MISSING"),
+    (["--preserve", "NEUTRAL", "--calibrate-on", "NEUTRAL"], "--calibrate-on texts were used to --preserve"),
+])
+def test_preserve_misuse_is_refused_and_writes_nothing(tiny_llama_dir, texts, capsys, extra, match):
+    extra = [str(texts / "neutral.txt") if x == "NEUTRAL" else str(texts / "missing.txt") if x == "MISSING" else x
+             for x in extra]
+    out = texts / "s.safetensors"
+    assert _train(tiny_llama_dir, texts, out, *extra) == 1
+    err = capsys.readouterr().err
+    assert match.replace("MISSING", "missing.txt") in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists()
