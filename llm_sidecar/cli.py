@@ -122,8 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--preserve", metavar="FILE",
                    help="neutral texts to keep fluent while training (not your evaluation or --calibrate-on texts): "
                         "adds --preserve-weight x the KL divergence of the steered model's next-token distribution "
-                        "from the unsteered one's on them to the OT loss (not in the paper; about 2.5x the training "
-                        "time)")
+                        "from the unsteered one's on them to the OT loss (not in the paper; about 2x the training "
+                        "time). The map then costs little at strength 1: add --max-strength (e.g. 4) to --calibrate-on "
+                        "to spend the perplexity budget")
     t.add_argument("--preserve-weight", type=float, default=None,
                    help=f"weight of the --preserve term (default {PRESERVE_WEIGHT:g})")
     t.add_argument("--max-strength", type=float, default=1.0,

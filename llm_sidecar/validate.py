@@ -84,7 +84,7 @@ def check_args(a) -> None:
         _number(a.max_strength, "--max-strength", low=0, high=MAX_STRENGTH, low_open=True,
                 hint=" (1 = never past the trained map, e.g. 2)")
     if has("preserve_weight") and a.preserve_weight is not None:
-        _number(a.preserve_weight, "--preserve-weight", low=0, high=1e6, low_open=True, hint=" (e.g. 0.01)")
+        _number(a.preserve_weight, "--preserve-weight", low=0, high=1e6, low_open=True, hint=" (e.g. 0.003)")
     if has("max_ppl_increase"):
         v = a.max_ppl_increase
         if not (isinstance(v, (int, float)) and math.isfinite(v) and 0 < v <= 1e3):
