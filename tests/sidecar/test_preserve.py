@@ -9,6 +9,7 @@ from llm_sidecar.cli import main
 from llm_sidecar.preserve import next_token_kl
 
 from .conftest import NEUTRAL
+from .test_chat import chat_dir  # noqa: F401 (the fixture)
 from .test_cli import _train
 
 
@@ -70,6 +71,23 @@ def test_train_with_preserve_keeps_the_steered_model_nearer_on_those_texts(tiny_
     err = capsys.readouterr().err
     assert rc == 1 and "--calibrate-on texts were used to keep this steering fluent" in err, err
     assert not (texts / "c.safetensors").exists()
+
+
+@pytest.mark.parametrize("model", ["tiny_gemma_dir", "chat_dir"])
+def test_preserve_on_gemma_and_through_the_chat_template(model, texts, request):
+    """Another family (Gemma-3: two post norms per block) and the chat path (a tiny Llama with a chat template:
+    the training texts go through the template, the preserve texts stay raw text, as perplexity is measured)."""
+    from lineas_engine import load_steering
+
+    model_dir = request.getfixturevalue(model)
+    free, kept = texts / "free.safetensors", texts / "kept.safetensors"
+    assert _train(model_dir, texts, free) == 0
+    assert _train(model_dir, texts, kept, "--preserve", str(texts / "neutral.txt"), "--preserve-weight", "1e6") == 0
+    _, meta = load_steering(kept)
+    assert meta.extra["preserve"]["texts"] == len(NEUTRAL) and meta.training["regularizer_first"] == 0.0
+    assert meta.extra["chat"]["enabled"] == (model == "chat_dir")
+    kl_free, kl_kept = _kl_of(model_dir, free, NEUTRAL), _kl_of(model_dir, kept, NEUTRAL)
+    assert abs(kl_kept) < 0.1 * kl_free, (kl_kept, kl_free)
 
 
 @pytest.mark.parametrize("extra, match", [
