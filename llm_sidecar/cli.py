@@ -291,7 +291,6 @@ def cmd_train(a) -> int:
     if a.preserve_weight is not None and not a.preserve:
         raise LineasError(f"--preserve-weight {a.preserve_weight:g} only applies to --preserve FILE: add the neutral "
                           f"texts to keep fluent, or drop --preserve-weight")
-    preserve_weight = PRESERVE_WEIGHT if a.preserve_weight is None else a.preserve_weight  # range: check_args
     preserve = read_texts(a.preserve, what="--preserve") if a.preserve else None
     if preserve is not None:
         require_samples(preserve, "--preserve")
@@ -312,12 +311,8 @@ def cmd_train(a) -> int:
     _set_chat(lm, a)
     if calib is not None:
         check_scorable(lm, calib, "--calibrate-on")  # before training, not after
-    regularizer = None
     if preserve is not None:
-        from .preserve import kl_regularizer
-
         check_scorable(lm, preserve, "--preserve")
-        regularizer = kl_regularizer(lm, preserve, preserve_weight, seed=a.seed)
     if prompts:
         from .build import build_sets
         from .judges import make_judge
@@ -326,8 +321,7 @@ def cmd_train(a) -> int:
     with progress_bar(cfg.steps, "train", check=a.check_signals) as bar:
         record, r = train_steering(lm, source, target, method=a.method, sites_pattern=a.sites, config=cfg,
                                    max_length=a.max_length, on_step=bar, training_prompts=prompts,
-                                   name=Path(out).stem, regularizer=regularizer, preserve=preserve or (),
-                                   preserve_weight=preserve_weight if preserve else None)
+                                   name=Path(out).stem, preserve=preserve or (), preserve_weight=a.preserve_weight)
     check_map(record.steering)  # finite and sane before calibrating or saving it
     if r.losses and not r.losses[-1] <= 10 * r.losses[0]:
         logger.warning("the loss rose from %.4g to %.4g: the training diverged; retrain with a lower --lr",

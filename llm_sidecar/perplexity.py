@@ -15,9 +15,20 @@ from lineas_engine import LineasError, steered
 from .models import LoadedModel
 from .progress import progress
 
-__all__ = ["perplexity"]
+__all__ = ["perplexity", "encode_scored"]
 
 logger = logging.getLogger(__name__)
+
+
+def encode_scored(tokenizer, texts: Sequence[str], max_length: int = 128):
+    """Texts tokenized for scoring every next token: right padding (the tokenizer's own side is restored),
+    truncated to ``max_length``; ``attention_mask[:, 1:]`` marks the predicted tokens."""
+    old_side = tokenizer.padding_side
+    tokenizer.padding_side = "right"
+    try:
+        return tokenizer(list(texts), return_tensors="pt", padding=True, truncation=True, max_length=max_length)
+    finally:
+        tokenizer.padding_side = old_side
 
 
 def perplexity(
@@ -35,25 +46,19 @@ def perplexity(
     """Corpus perplexity of ``lm`` (under ``steering`` at ``strength``) on ``texts``; ``check`` runs before each
     batch."""
     tok, model = lm.tokenizer, lm.model
-    old_side = tok.padding_side
-    tok.padding_side = "right"
     nll, count = 0.0, 0
     ctx = steered(model, steering, strength)
     start = time.perf_counter()
-    try:
-        with ctx, torch.no_grad():
-            for i in progress(range(0, len(texts), batch_size), desc=desc, enabled=show_progress, check=check,
-                              unit="batch"):
-                enc = tok(list(texts[i : i + batch_size]), return_tensors="pt", padding=True, truncation=True,
-                          max_length=max_length).to(lm.device)
-                logits = model(**enc).logits.float()
-                target = enc["input_ids"][:, 1:]
-                mask = enc["attention_mask"][:, 1:].bool()
-                logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, target.unsqueeze(-1)).squeeze(-1)
-                nll -= logp[mask].sum().item()
-                count += int(mask.sum())
-    finally:
-        tok.padding_side = old_side
+    with ctx, torch.no_grad():
+        for i in progress(range(0, len(texts), batch_size), desc=desc, enabled=show_progress, check=check,
+                          unit="batch"):
+            enc = encode_scored(tok, texts[i : i + batch_size], max_length).to(lm.device)
+            logits = model(**enc).logits.float()
+            target = enc["input_ids"][:, 1:]
+            mask = enc["attention_mask"][:, 1:].bool()
+            logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, target.unsqueeze(-1)).squeeze(-1)
+            nll -= logp[mask].sum().item()
+            count += int(mask.sum())
     logger.info("perplexity on %d texts (%d tokens) in %.1f s", len(texts), count, time.perf_counter() - start)
     if count == 0:  # exp(0 / 1) = 1.00 would read as a perfect model
         raise LineasError(f"no token to score in the {len(texts)} perplexity text(s): each needs at least two "

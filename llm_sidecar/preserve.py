@@ -17,6 +17,7 @@ from lineas_engine.samples import minibatches
 
 from .data import require_samples
 from .models import LoadedModel
+from .perplexity import encode_scored
 
 __all__ = ["PRESERVE_WEIGHT", "kl_regularizer", "next_token_kl"]
 
@@ -51,15 +52,9 @@ def kl_regularizer(
     require_samples(texts, "the preserve set")
     if not (isinstance(weight, (int, float)) and math.isfinite(weight) and weight > 0):
         raise ValueError(f"preserve weight={weight!r} must be a positive number")
-    tok, model, dev = lm.tokenizer, lm.model, lm.device
-    old_side = tok.padding_side
-    tok.padding_side = "right"
-    try:
-        enc = tok(list(texts), return_tensors="pt", padding=True, truncation=True, max_length=max_length)
-    finally:
-        tok.padding_side = old_side
+    model, dev = lm.model, lm.device
+    enc = encode_scored(lm.tokenizer, texts, max_length)
     ids, attn = enc["input_ids"], enc["attention_mask"]
-    predicted = attn[:, 1:] * attn[:, :-1]  # logits at t predict token t + 1: both must be real tokens
     batches = minibatches(len(texts), min(batch_size, len(texts)), torch.Generator().manual_seed(seed))
 
     def regularizer(step: int, steered: Callable[[], ContextManager]) -> torch.Tensor:
@@ -70,6 +65,6 @@ def kl_regularizer(
             base = model(input_ids=b_ids, attention_mask=b_attn, use_cache=False).logits[:, :-1]
         with steered():
             logits = model(input_ids=b_ids, attention_mask=b_attn, use_cache=False).logits[:, :-1]
-        return weight * next_token_kl(base, logits.to(base.device), predicted[idx, :keep - 1].to(base.device))
+        return weight * next_token_kl(base, logits.to(base.device), attn[idx, 1:keep].to(base.device))
 
     return regularizer

@@ -46,15 +46,14 @@ def train_steering(
     on_step: Callable[[int, float], None] | None = None,
     training_prompts: Sequence[str] = (),
     name: str = "steering",
-    regularizer=None,
     preserve: Sequence[str] = (),
     preserve_weight: float | None = None,
 ) -> tuple[SteeringRecord, TrainResult]:
     """Train a steering that maps the model's activations on ``source`` texts onto those on ``target``.
     The record carries the model's fingerprint and the hashes of every training text and of
     ``training_prompts`` (the prompts the sets were built from), so that evaluation can refuse them.
-    ``regularizer`` (e.g. :func:`~llm_sidecar.preserve.kl_regularizer` on the ``preserve`` texts, with
-    ``preserve_weight``) is added to the loss; the preserve texts are hashed and recorded with the others."""
+    ``preserve`` texts (optional) add :func:`~llm_sidecar.preserve.kl_regularizer` at ``preserve_weight``
+    (default :data:`~llm_sidecar.preserve.PRESERVE_WEIGHT`) to the loss; they are hashed and recorded too."""
     require_samples(source, "the source set")
     require_samples(target, "the target set")
     cfg = config or TrainConfig()
@@ -64,6 +63,12 @@ def train_steering(
         from .chat import CONTENT_MASK
 
         cfg = replace(cfg, mask_key=CONTENT_MASK)  # pool over the texts' own tokens, not the template's
+    regularizer = None
+    if preserve:
+        from .preserve import PRESERVE_WEIGHT, kl_regularizer
+
+        preserve_weight = PRESERVE_WEIGHT if preserve_weight is None else preserve_weight
+        regularizer = kl_regularizer(lm, preserve, preserve_weight, seed=cfg.seed)
     sites = choose_sites(lm.model, sites_pattern)
     src, tgt = encode(lm, source, max_length), encode(lm, target, max_length)
     steering, result = train(lm.model, site_specs(lm.model, sites), lm_forward(lm), src, tgt, method=method,
