@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["Family", "FAMILIES", "LoadedFamily", "build_state_dict", "write_family", "load_family",
+__all__ = ["with_current_keys", "Family", "FAMILIES", "LoadedFamily", "build_state_dict", "write_family", "load_family",
            "load_file", "make_conditioning", "make_vae", "WEIGHT_DTYPES"]
 
 # UNETLoader's weight_dtype choices (nodes.py UNETLoader.load_unet) as model_options
@@ -54,7 +54,35 @@ class Family:
         cfg = copy.deepcopy(self.unet_config)
         if real_width:
             cfg.update(copy.deepcopy(self.real_width))
+        return with_current_keys(self.name, cfg)
+
+
+# Keys that newer ComfyUI's params dataclasses require (0.33: FluxParams.txt_ids_dims, ChromaParams.vec_in_dim,
+# HunyuanVideoParams.meanflow_sum, ...) with the value its detection gives the released models
+# (comfy/model_detection.py); added only when the installed ComfyUI's dataclass declares them.
+_NEW_KEYS = {"txt_ids_dims": [], "vec_in_dim": None, "use_cond_type_embedding": False, "vision_in_dim": None,
+             "meanflow_sum": False}
+_PARAMS = {"flux_dev": ("comfy.ldm.flux.model", "FluxParams"), "flux_schnell": ("comfy.ldm.flux.model", "FluxParams"),
+           "chroma": ("comfy.ldm.chroma.model", "ChromaParams"),
+           "hunyuan_video": ("comfy.ldm.hunyuan_video.model", "HunyuanVideoParams")}
+
+
+def with_current_keys(name: str, cfg: dict) -> dict:
+    import dataclasses
+    import importlib
+
+    if name not in _PARAMS:
         return cfg
+    module, cls = _PARAMS[name]
+    try:
+        params = getattr(importlib.import_module(module), cls)
+    except (ImportError, AttributeError):
+        return cfg
+    for f in dataclasses.fields(params):
+        if f.name in _NEW_KEYS and f.name not in cfg and f.default is dataclasses.MISSING \
+                and f.default_factory is dataclasses.MISSING:
+            cfg[f.name] = copy.deepcopy(_NEW_KEYS[f.name])
+    return cfg
 
 
 def _unet(context_dim, adm, channel_mult, tdepth, linear, heads=-1, head_ch=64) -> dict:

@@ -91,7 +91,7 @@ class InProcessComfy:
         asyncio.run(nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))
         self.nodes, self.execution = nodes, execution
         self.events: list = []
-        self.executor = execution.PromptExecutor(self, cache_type=execution.CacheType.CLASSIC)
+        self.executor = execution.PromptExecutor(self, **executor_options(execution))
         self.client_id = None
         self.last_node_id = None
         self.last_prompt_id = None
@@ -125,6 +125,28 @@ class InProcessComfy:
 
         self.executor.reset()
         mm.unload_all_models()
+
+
+def executor_options(execution) -> dict:
+    """PromptExecutor's keyword arguments for a classic cache on this ComfyUI: newer trees (0.33) also take
+    ``cache_args`` (and read ``cache_args["ram"]`` whatever the cache type)."""
+    import inspect
+
+    opts = {"cache_type": execution.CacheType.CLASSIC}
+    if "cache_args" in inspect.signature(execution.PromptExecutor.__init__).parameters:
+        opts["cache_args"] = {"lru": 0, "ram": 0, "ram_inactive": 0}
+    return opts
+
+
+def node_class(nodes, node_id: str, unique_id: str):
+    """The executor's per-run clone of a V3 node class with its hidden ``unique_id``, on either API:
+    ``PREPARE_CLASS_CLONE(hidden_inputs)`` (v0.3.x) or ``PREPARE_CLASS_CLONE({"hidden_inputs": ...})`` (0.33)."""
+    import inspect
+
+    cls = nodes.NODE_CLASS_MAPPINGS[node_id]
+    hidden = {"unique_id": unique_id}
+    params = list(inspect.signature(cls.PREPARE_CLASS_CLONE).parameters)
+    return cls.PREPARE_CLASS_CLONE(hidden if params and params[0] == "hidden_inputs" else {"hidden_inputs": hidden})
 
 
 class PromptError(RuntimeError):

@@ -90,6 +90,12 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @property
+    def recording_batch_size(self) -> int:
+        """Samples per forward in the passes without gradient (target recording, whole-set evaluation):
+        ``record_batch_size``, else the micro-batch (what memory was sized for), else the batch."""
+        return self.record_batch_size or self.micro_batch_size or self.batch_size
+
 
 @dataclass
 class TrainResult:

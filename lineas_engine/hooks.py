@@ -80,8 +80,9 @@ class Recorder:
 class SteeringHandle:
     """Hooks attached by :func:`attach`. ``remove()`` detaches them all; usable as a context manager."""
 
-    def __init__(self, handles: list[torch.utils.hooks.RemovableHandle]):
+    def __init__(self, handles: list[torch.utils.hooks.RemovableHandle], fired: set[str] | None = None):
         self._handles = handles
+        self.fired: set[str] = fired if fired is not None else set()  # sites whose hook ran while attached
 
     def remove(self) -> None:
         while self._handles:
@@ -134,12 +135,13 @@ def attach(
     steer_sites = set(steering.sites) if steering is not None else set()
     rec_sites = set(recorder.sites) if recorder is not None else set()
     handles = []
+    fired: set[str] = set()
     try:
         for site in sites:
             handles.append(
                 modules[site].register_forward_hook(
                     _make_hook(site, steering if site in steer_sites else None, strength,
-                               recorder if site in rec_sites else None, site == stop_after)
+                               recorder if site in rec_sites else None, site == stop_after, fired)
                 )
             )
     except BaseException:
@@ -147,11 +149,13 @@ def attach(
             h.remove()
         raise
     logger.debug("attached %d hooks (strength %s) to %s", len(handles), strength, type(root).__name__)
-    return SteeringHandle(handles)
+    return SteeringHandle(handles, fired)
 
 
-def _make_hook(site: str, steering: Steering | None, strength: float, recorder: Recorder | None, stop: bool):
+def _make_hook(site: str, steering: Steering | None, strength: float, recorder: Recorder | None, stop: bool,
+               fired: set[str]):
     def hook(_module: nn.Module, _args: Any, output: Any) -> Any:
+        fired.add(site)
         if not isinstance(output, torch.Tensor):
             raise SiteOutputError(
                 f"site {site!r} returns {type(output).__name__}, not a tensor; choose a module that outputs "

@@ -17,6 +17,7 @@ from .config import Forward, OnStep, Regularizer, TrainConfig, TrainResult
 from .errors import LineasError, NonFiniteLossError
 from .hooks import steered
 from .optim import cosine_schedule, make_optimizer, prox_sparse_group_lasso_
+from .packed_loss import SortedTarget
 from .recording import evaluate_loss, forward_recorded, frozen, grouped_loss, record_activations
 from .samples import minibatches, num_samples, sample_groups, slice_samples
 from .steering import Steering
@@ -31,6 +32,16 @@ class _Targets:
     acts: dict[str, torch.Tensor]
     groups: torch.Tensor | None
     last_site: str | None
+    packed: SortedTarget | None = None
+
+    def sorted_for(self, source: Mapping[str, torch.Tensor], grouped: bool, reduction: str) -> SortedTarget:
+        """The target packed and sorted once for the whole run (made again only if the call changes)."""
+        sites = list(source)
+        device = source[sites[0]].device
+        grouped = grouped and self.groups is not None
+        if self.packed is None or not self.packed.matches(sites, grouped, reduction, device):
+            self.packed = SortedTarget(self.acts, sites, self.groups if grouped else None, reduction, device)
+        return self.packed
 
 
 def fit(
@@ -95,7 +106,7 @@ def _targets(root, steering, forward, target, target_acts, target_groups, last_s
         if num_samples(target) < 2:
             raise LineasError(f"need at least 2 target samples, got {num_samples(target)}")
         acts, last_site = record_activations(root, specs, forward, target,
-                                             batch_size=cfg.record_batch_size or cfg.batch_size,
+                                             batch_size=cfg.recording_batch_size,
                                              mask_key=cfg.mask_key, stop_after_last=cfg.stop_after_last_site,
                                              return_last_site=True)
         target_groups = sample_groups(target, cfg.group_key)
@@ -222,7 +233,8 @@ def _step_loss(root, steering, forward, batch, tg: _Targets, cfg: TrainConfig, s
 
     if m is None or m >= n:
         src, order = run(batch, False)
-        loss = grouped_loss(src, tg.acts, src_groups, tg.groups, cfg.reduction)
+        loss = grouped_loss(src, tg.sorted_for(src, src_groups is not None, cfg.reduction), src_groups, None,
+                            cfg.reduction)
         loss.backward()
         return loss.detach(), order
     parts = [slice_samples(batch, slice(start, start + m)) for start in range(0, n, m)]
@@ -233,10 +245,12 @@ def _step_loss(root, steering, forward, batch, tg: _Targets, cfg: TrainConfig, s
             for s, v in acts.items():
                 pooled[s].append(v)
     leaves = {s: torch.cat(v).requires_grad_(True) for s, v in pooled.items()}
-    loss = grouped_loss(leaves, tg.acts, src_groups, tg.groups, cfg.reduction)
-    grads = dict(zip(leaves, torch.autograd.grad(loss, list(leaves.values()))))
+    loss = grouped_loss(leaves, tg.sorted_for(leaves, src_groups is not None, cfg.reduction), src_groups, None,
+                        cfg.reduction)
+    sites = list(leaves)
+    grad = torch.cat(torch.autograd.grad(loss, [leaves[s] for s in sites]), dim=1)  # [n, D], fp32
     for start, part in zip(range(0, n, m), parts):
         acts, _ = run(part, False)
-        surrogate = sum((acts[s] * grads[s][start:start + m].to(acts[s])).sum() for s in acts)
-        surrogate.backward()
+        packed = torch.cat([acts[s].to(grad.device, torch.float32) for s in sites], dim=1)
+        (packed * grad[start:start + m]).sum().backward()
     return loss.detach(), order

@@ -16,12 +16,19 @@ import torch
 
 from .errors import LineasError
 
-__all__ = ["wasserstein_1d_sq", "ot_loss"]
+__all__ = ["wasserstein_1d_sq", "ot_loss", "quantile_pairs"]
 
 
-@lru_cache(maxsize=64)
-def _quantile_pairs(n: int, m: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Indices (into sorted x, sorted y) and masses of the merged quantile intervals of U(n), U(m)."""
+def quantile_pairs(n: int, m: int, device: torch.device | str = "cpu"):
+    """Indices (into sorted x, sorted y) and masses (float64) of the merged quantile intervals of U(n),
+    U(m), on ``device`` (made once per (n, m, device), then cached)."""
+    return _quantile_pairs_on(n, m, str(torch.device(device)))
+
+
+@lru_cache(maxsize=128)
+def _quantile_pairs_on(n: int, m: int, device: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    if device != "cpu":
+        return tuple(t.to(device) for t in _quantile_pairs_on(n, m, "cpu"))
     levels = sorted(set(range(m, n * m + 1, m)) | set(range(n, n * m + 1, n)))  # in units of 1/(n m)
     lv = torch.tensor(levels, dtype=torch.long)
     prev = torch.cat([torch.zeros(1, dtype=torch.long), lv[:-1]])
@@ -58,8 +65,7 @@ def wasserstein_1d_sq(x: torch.Tensor, y: torch.Tensor, method: str = "sort") ->
     ys = torch.sort(y, dim=0).values
     if n == m:
         return (xs - ys).pow(2).mean(dim=0)
-    ix, iy, mass = _quantile_pairs(n, m)
-    ix, iy = ix.to(x.device), iy.to(x.device)
+    ix, iy, mass = quantile_pairs(n, m, x.device)
     diff = xs.index_select(0, ix) - ys.index_select(0, iy)
     return (diff.pow(2) * mass.to(device=x.device, dtype=x.dtype)[:, None]).sum(dim=0)
 
@@ -72,16 +78,15 @@ def ot_loss(
     """Sum over sites of the per-coordinate W2^2 between ``source[site]`` [n, d] and ``target[site]`` [m, d].
 
     ``reduction="mean"`` averages over coordinates and then over sites (the released code; a constant
-    rescaling); ``"sum"`` sums both (the paper's formula).
+    rescaling); ``"sum"`` sums both (the paper's formula). Computed in fp32 with one sort over all sites
+    (:mod:`~lineas_engine.packed_loss`), on the device of the first source site.
     """
+    from .packed_loss import SortedTarget, packed_ot_loss
+
     if reduction not in ("mean", "sum"):
         raise LineasError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
-    missing = [s for s in source if s not in target]
-    if missing:
-        raise LineasError(f"target activations lack sites {missing[:5]}; record the target at the same sites")
-    terms = []
-    for site, z in source.items():
-        w = wasserstein_1d_sq(z.float(), target[site].float().to(z.device))
-        terms.append(w.mean() if reduction == "mean" else w.sum())
-    total = torch.stack([t.to(terms[0].device) for t in terms])  # sites may live on different devices
-    return total.mean() if reduction == "mean" else total.sum()
+    sites = list(source)
+    if not sites:
+        raise LineasError("ot_loss needs at least one site")
+    device = source[sites[0]].device
+    return packed_ot_loss(source, SortedTarget(target, sites, None, reduction, device))

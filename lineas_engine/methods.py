@@ -113,7 +113,7 @@ def _layerwise(root, specs, forward, source, target, *, config, on_step, eval_so
     if config.maps != "affine":
         raise LineasError(f"the layerwise method fits both w and b in closed form; maps={config.maps!r} needs "
                           "method 'lineas'")
-    rec = dict(batch_size=config.record_batch_size or config.batch_size, mask_key=config.mask_key)
+    rec = dict(batch_size=config.recording_batch_size, mask_key=config.mask_key)
     tgt_acts = record_activations(root, specs, forward, target, **rec)
     src_acts = record_activations(root, specs, forward, source, **rec)
     steering = fit_layerwise(root, specs, forward, None, target_acts=tgt_acts, source_acts=src_acts).to(device)

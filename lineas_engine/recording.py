@@ -12,7 +12,7 @@ from torch import nn
 from .config import Forward, TrainConfig
 from .errors import LineasError
 from .hooks import Recorder, attach, run_until_sites
-from .losses import ot_loss
+from .packed_loss import SortedTarget, packed_ot_loss
 from .samples import num_samples, sample_groups, slice_samples
 from .sites import SiteSpec
 from .steering import Steering
@@ -83,20 +83,20 @@ def record_activations(
     return (acts, stop) if return_last_site else acts
 
 
-def grouped_loss(src: Mapping[str, torch.Tensor], tgt: Mapping[str, torch.Tensor],
+def grouped_loss(src: Mapping[str, torch.Tensor], tgt: Mapping[str, torch.Tensor] | SortedTarget,
                  src_groups: torch.Tensor | None, tgt_groups: torch.Tensor | None, reduction: str) -> torch.Tensor:
-    """:func:`ot_loss`, or its mean over groups (e.g. noise levels) compared separately."""
-    if src_groups is None or tgt_groups is None:
-        return ot_loss(src, tgt, reduction)
-    terms = []
-    for g in torch.unique(src_groups).tolist():
-        si = (src_groups == g).nonzero().flatten()
-        ti = (tgt_groups == g).nonzero().flatten()
-        if ti.numel() == 0:
-            raise LineasError(f"group {g} has source samples but no target samples")
-        terms.append(ot_loss({k: v.index_select(0, si.to(v.device)) for k, v in src.items()},
-                             {k: tgt[k].index_select(0, ti.to(tgt[k].device)) for k in src}, reduction))
-    return torch.stack(terms).mean()
+    """:func:`ot_loss`, or its mean over groups (e.g. noise levels) compared separately. ``tgt`` may be a
+    :class:`SortedTarget` made once for many calls (then ``tgt_groups`` is not read)."""
+    if not isinstance(tgt, SortedTarget):
+        sites = list(src)
+        if not sites:
+            raise LineasError("the OT loss needs at least one site")
+        if src_groups is None or tgt_groups is None:
+            src_groups = tgt_groups = None
+        tgt = SortedTarget(tgt, sites, tgt_groups, reduction, src[sites[0]].device)
+    elif src_groups is not None and not tgt.grouped:
+        src_groups = None
+    return packed_ot_loss(src, tgt, src_groups)
 
 
 def evaluate_loss(root, steering, forward, source, target_acts, *, specs: Mapping[str, SiteSpec] | None = None,
@@ -110,7 +110,7 @@ def evaluate_loss(root, steering, forward, source, target_acts, *, specs: Mappin
             raise LineasError("evaluate_loss needs the site specs when no steering is given")
         specs = steering.specs
     acts = record_activations(root, specs, forward, source, steering=steering, strength=strength,
-                              batch_size=cfg.record_batch_size or cfg.batch_size, mask_key=cfg.mask_key,
+                              batch_size=cfg.recording_batch_size, mask_key=cfg.mask_key,
                               stop_after_last=cfg.stop_after_last_site)
     return float(grouped_loss(acts, {s: target_acts[s] for s in acts}, sample_groups(source, cfg.group_key),
                               target_groups, cfg.reduction))

@@ -21,15 +21,31 @@ __all__ = ["FoldPatch", "FoldPlan", "plan_fold"]
 
 
 class FoldPatch(WeightAdapterBase):
-    """``weight + strength * ((scale - 1) * weight + shift)`` along the first (channel) axis."""
+    """``weight + strength * ((scale - 1) * weight + shift)`` along the first (channel) axis.
+
+    Built like ComfyUI's own adapters, ``FoldPatch(loaded_keys, [scale, shift])``: newer ComfyUI (Dynamic
+    VRAM, ``comfy.lora.prefetch_prepared_value``) rebuilds adapters as ``type(p)(p.loaded_keys, p.weights)``
+    with the weights moved to the device. :meth:`of` makes one from a steering's scale and shift."""
 
     name = "lineas_fold"
 
-    def __init__(self, scale: torch.Tensor, shift: torch.Tensor):
-        self.scale = scale.detach().float().cpu()
-        self.shift = shift.detach().float().cpu()
-        self.weights = [self.scale, self.shift]
-        self.loaded_keys = set()
+    def __init__(self, loaded_keys, weights):
+        self.loaded_keys = set(loaded_keys or ())
+        self.weights = list(weights)
+        if len(self.weights) != 2:
+            raise ValueError(f"FoldPatch takes [scale, shift], got {len(self.weights)} tensors")
+
+    @classmethod
+    def of(cls, scale: torch.Tensor, shift: torch.Tensor) -> "FoldPatch":
+        return cls(set(), [scale.detach().float().cpu(), shift.detach().float().cpu()])
+
+    @property
+    def scale(self) -> torch.Tensor:
+        return self.weights[0]
+
+    @property
+    def shift(self) -> torch.Tensor:
+        return self.weights[1]
 
     def calculate_weight(self, weight, key, strength, strength_model, offset, function,
                          intermediate_dtype=torch.float32, original_weight=None):
@@ -83,7 +99,7 @@ def plan_fold(dm: torch.nn.Module, steering: Steering, prefix: str = "diffusion_
                 err0 = (new_w - wv * live_w).abs().max()
                 err1 = (new_w - (wv * (live_w + 1) - 1)).abs().max()
                 o = 1.0 if err1 < err0 else 0.0
-            plan.patches[f"{prefix}{site}.weight"] = FoldPatch(w, (w - 1) * o)
+            plan.patches[f"{prefix}{site}.weight"] = FoldPatch.of(w, (w - 1) * o)
             if f"{site}.bias" in params:
-                plan.patches[f"{prefix}{site}.bias"] = FoldPatch(w, b)
+                plan.patches[f"{prefix}{site}.bias"] = FoldPatch.of(w, b)
     return plan

@@ -31,9 +31,10 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..lineas_engine import LineasError, recomputing
+from ._compat import free_memory, is_dynamic, is_quantized
 
 __all__ = ["CHECKPOINTING", "prepare_training", "auto_micro_batch", "training_bytes_per_sample", "add_checkpointing",
-           "checkpoint_units", "load_for_training", "check_loaded", "trainable_weights", "casts_weights_per_forward",
+           "checkpoint_units", "load_for_training", "check_loaded", "trainable_weights", "training_clone", "casts_weights_per_forward",
            "saved_bytes", "weight_storages", "saved_bytes_per_sample", "choose_micro_batch"]
 
 logger = logging.getLogger(__name__)
@@ -53,18 +54,37 @@ def prepare_training(patcher, checkpointing: str = "auto") -> bool:
     if checkpointing not in CHECKPOINTING:
         raise LineasError(f"gradient_checkpointing must be one of {list(CHECKPOINTING)}, got {checkpointing!r}")
     dm = patcher.get_model_object("diffusion_model")
-    on = checkpointing == "on" or (checkpointing == "auto" and (patcher.force_cast_weights
-                                                                or casts_weights_per_forward(dm)))
-    if on:
+    if checkpointing == "on":
         add_checkpointing(patcher)
-    load_for_training(patcher)
-    if checkpointing == "auto" and not on and getattr(patcher.model, "model_lowvram", False):
-        logger.info("the model loaded partially: training with gradient checkpointing")
+    load_for_training(patcher)  # "auto" is decided on the loaded model: how ComfyUI placed and casts its weights
+    on = checkpointing == "on"
+    if checkpointing == "auto" and (patcher.force_cast_weights or casts_weights_per_forward(dm)
+                                    or getattr(patcher.model, "model_lowvram", False)):
+        logger.info("weights are cast per forward or loaded partially: training with gradient checkpointing")
         add_checkpointing(patcher)
         load_for_training(patcher)  # ComfyUI re-applies the object patches on load
         on = True
     check_loaded(patcher, on)
     return on
+
+
+def training_clone(model):
+    """The clone the training node trains on. Under Dynamic VRAM the forward reads weight views that ComfyUI
+    makes on demand (possibly under inference mode, in an earlier sampling of the same graph), which no
+    parameter swap can reach; as ComfyUI's own trainer does (comfy_extras/nodes_train.py), such a model is
+    trained on a fresh, non-dynamic copy loaded again by its loader outside inference mode
+    (``clone(force_deepcopy=True)``; costs one more load of the weights, in RAM, for the training run).
+    Other models train on a plain clone (see :func:`trainable_weights`)."""
+    if not is_dynamic(model):
+        return model.clone()
+    if getattr(model, "cached_patcher_init", None) is None:
+        raise LineasError(
+            "this MODEL runs under Dynamic VRAM and was not made by a core loader (no cached_patcher_init), so "
+            "it cannot be reloaded for training; load it with UNETLoader / CheckpointLoaderSimple, or start "
+            "ComfyUI with --disable-dynamic-vram")
+    logger.info("Dynamic VRAM model: training on a fresh copy loaded outside inference mode")
+    with torch.inference_mode(False):
+        return model.clone(force_deepcopy=True)
 
 
 def training_bytes_per_sample(dm: nn.Module, steering, forward: Callable[[Any], Any], samples: dict) -> int:
@@ -84,13 +104,13 @@ def training_bytes_per_sample(dm: nn.Module, steering, forward: Callable[[Any], 
 
 
 def auto_micro_batch(dm: nn.Module, steering, forward: Callable[[Any], Any], samples: dict, batch_size: int,
-                     device) -> int | None:
-    """The micro-batch for ``batch_size`` from the free memory of ``device`` and
-    :func:`training_bytes_per_sample`; None = the whole batch in one pass."""
+                     device, patcher=None) -> int | None:
+    """The micro-batch for ``batch_size`` from the free memory of ``device`` (the patcher's own count where
+    ComfyUI offers one) and :func:`training_bytes_per_sample`; None = the whole batch in one pass."""
     import comfy.model_management as mm
 
     per = training_bytes_per_sample(dm, steering, forward, samples)
-    free = mm.get_free_memory(device)
+    free = free_memory(patcher, device) if patcher is not None else mm.get_free_memory(device)
     micro = choose_micro_batch(per, free, batch_size)
     logger.info("one sample keeps %.1f MiB for backward, %.1f GiB free on %s: micro-batch %s", per / 2**20,
                 free / 2**30, device, micro or f"off (batch {batch_size} fits)")
@@ -248,7 +268,9 @@ def trainable_weights(dm: nn.Module):
             for module in dm.modules():
                 for store in (module._parameters, module._buffers):
                     for name, t in list(store.items()):
-                        if t is None or not t.is_inference():
+                        if t is None or is_quantized(t) or not t.is_inference():
+                            # quantized weights (QuantizedTensor, no plain storage) are dequantized by
+                            # ComfyUI per forward into fresh tensors: nothing of theirs is saved for backward
                             continue
                         alias = torch.empty(0, dtype=t.dtype, device=t.device).set_(
                             t.untyped_storage(), t.storage_offset(), t.shape, t.stride())

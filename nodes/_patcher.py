@@ -54,14 +54,65 @@ def compute_dtype_of(base_model) -> torch.dtype:
     return getattr(base_model, "manual_cast_dtype", None) or base_model.get_dtype()
 
 
+COMPILE_KEY = "torch.compile"  # comfy_api.torch_helpers.torch_compile.COMPILE_KEY (TorchCompileModel's wrapper)
+
+
+class CompiledModelError(LineasError):
+    """The MODEL is torch.compiled (TorchCompileModel): forward hooks cannot reach inside the compiled graph."""
+
+
+def compiled_message(what: str) -> str:
+    return (f"this MODEL is torch.compiled (TorchCompileModel), so {what} cannot hook its layers (the compiled "
+            "graph runs without them); put TorchCompileModel after LineasApply and use mode 'fold' (every site "
+            "folded: no hooks), or remove TorchCompileModel")
+
+
+def is_compiled(model) -> bool:
+    """True when TorchCompileModel (``comfy_api.torch_helpers.set_torch_compile_wrapper``) is on this MODEL."""
+    import comfy.patcher_extension as pe
+
+    wrappers = model.model_options.get("transformer_options", {}).get("wrappers", {})
+    return COMPILE_KEY in wrappers.get(pe.WrappersMP.APPLY_MODEL, {}) or "torch_compile_kwargs" in model.model_options
+
+
+def _compiled_at_call(base_model, transformer_options) -> bool:
+    from comfy.patcher_extension import WrappersMP
+
+    wrappers = (transformer_options or {}).get("wrappers", {})
+    return (COMPILE_KEY in wrappers.get(WrappersMP.APPLY_MODEL, {})
+            or isinstance(base_model.diffusion_model, torch._dynamo.eval_frame.OptimizedModule))
+
+
+class UnhookableSiteError(LineasError):
+    """Sites whose module never runs as a module (a fused kernel reads its weights directly)."""
+
+
+def _check_fired(steering: Steering, fired: set[str]) -> None:
+    """QK-norm sites that did not run in a model call: newer ComfyUI reads their weights in fused attention
+    kernels (Lumina2 / Z-Image, Cosmos-Predict2, ...), so a hook on them never fires. Said, never dropped."""
+    from ._families import is_qk_norm
+
+    silent = [s for s in steering.sites if s not in fired and is_qk_norm(s)]
+    if silent:
+        raise UnhookableSiteError(
+            f"{len(silent)} QK-norm site(s) of this steering never ran as modules ({', '.join(silent[:4])}"
+            f"{' ...' if len(silent) > 4 else ''}): this ComfyUI computes them inside a fused attention kernel, "
+            "so hooks cannot steer them. Apply with mode 'fold' (folds scale-only maps into their weights), or "
+            "train with a preset without QK norms ('all norms')")
+
+
 def _hook_wrapper(steering: Steering, strength: float, sigma_start: float, sigma_end: float):
     # T_lambda as its own steering, cast once per (device, dtype): a model call then moves nothing
     mapped = steering.at_strength(strength) if strength not in (0, 1) else steering
     cast: dict[tuple, Steering] = {}
     whole_schedule = sigma_start == float("inf") and sigma_end <= 0  # no sigma read: no device sync per call
+    checked = []
 
     def wrapper(executor, *args, **kwargs):
         base_model = executor.class_obj
+        options = args[5] if len(args) > 5 else kwargs.get("transformer_options")
+        if _compiled_at_call(base_model, options if isinstance(options, dict) else None):
+            raise CompiledModelError(compiled_message("LineasApply (hooks)"))
         sigma = args[1] if len(args) > 1 else kwargs.get("t")
         active = True
         if not whole_schedule and sigma is not None and torch.is_tensor(sigma) and sigma.numel():
@@ -76,9 +127,13 @@ def _hook_wrapper(steering: Steering, strength: float, sigma_start: float, sigma
             cast[key] = copy.deepcopy(mapped).requires_grad_(False).to(device=key[0], dtype=key[1])
         handle = attach(base_model.diffusion_model, cast[key], 1.0)
         try:
-            return executor(*args, **kwargs)
+            out = executor(*args, **kwargs)
         finally:
             handle.remove()
+        if not checked:
+            _check_fired(mapped, handle.fired)
+            checked.append(True)
+        return out
 
     return wrapper
 
@@ -93,6 +148,8 @@ def apply_steering_report(model, ref: SteeringRecord, strength: float, start_per
                           end_percent: float = 1.0, invert: bool = False, mode: str = "hooks"):
     """(patched clone, report text). In mode "fold" the report names the sites that could not be folded
     (kept as hooks, e.g. DiT LayerNorms without an affine) and why."""
+    from comfy.patcher_extension import WrappersMP
+
     if not math.isfinite(strength):
         raise LineasError(f"strength must be a finite number, got {strength!r}")
     if not 0.0 <= start_percent <= end_percent <= 1.0:
@@ -100,6 +157,8 @@ def apply_steering_report(model, ref: SteeringRecord, strength: float, start_per
     if mode not in ("hooks", "fold"):
         raise LineasError(f"mode must be 'hooks' or 'fold', got {mode!r}")
     check_fits(model, ref)
+    if mode == "hooks" and strength != 0 and is_compiled(model):
+        raise CompiledModelError(compiled_message("LineasApply in mode 'hooks'"))
     steering = ref.steering.inverse() if invert else ref.steering
     m = model.clone()
     if strength == 0:
@@ -115,10 +174,12 @@ def apply_steering_report(model, ref: SteeringRecord, strength: float, start_per
         m.add_patches(plan.patches, strength)
         if plan.skipped:  # sites without an affine: hooks for those only, and said so in the report
             rest = steering.subset(plan.skipped)
-            m.add_wrapper_with_key("apply_model", key, _hook_wrapper(rest, strength, float("inf"), 0.0))
+            if is_compiled(model):
+                raise CompiledModelError(compiled_message(f"mode 'fold' with {len(plan.skipped)} site(s) kept as hooks"))
+            m.add_wrapper_with_key(WrappersMP.APPLY_MODEL, key, _hook_wrapper(rest, strength, float("inf"), 0.0))
         return m, plan.describe()
     ms = model.get_model_object("model_sampling")
     sigma_start = float("inf") if start_percent <= 0 else float(ms.percent_to_sigma(start_percent))
     sigma_end = 0.0 if end_percent >= 1 else float(ms.percent_to_sigma(end_percent))
-    m.add_wrapper_with_key("apply_model", key, _hook_wrapper(steering, strength, sigma_start, sigma_end))
+    m.add_wrapper_with_key(WrappersMP.APPLY_MODEL, key, _hook_wrapper(steering, strength, sigma_start, sigma_end))
     return m, f"hooks: {len(steering.sites)} sites, strength {strength}"

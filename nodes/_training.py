@@ -24,10 +24,11 @@ from ..lineas_engine import (
     slice_samples,
     train,
 )
+from ._compat import training_mode
 from ._conditioning import check_conditioning, encode_images, run_in_sampling, training_compute_dtype
 from ._families import inputs_copied, is_qk_norm, probe_widths
-from ._memory import auto_micro_batch, prepare_training, trainable_weights
-from ._patcher import architecture_of
+from ._memory import auto_micro_batch, prepare_training, trainable_weights, training_clone
+from ._patcher import CompiledModelError, architecture_of, compiled_message, is_compiled
 
 logger = logging.getLogger(__name__)
 
@@ -104,11 +105,13 @@ def train_style(model, vae, target_images: torch.Tensor, source_images: torch.Te
         raise LineasError(f"need at least 2 target and 2 source images, got {target_images.shape[0]} and "
                           f"{source_images.shape[0]}")
     arch = architecture_of(model)
+    if is_compiled(model):
+        raise CompiledModelError(compiled_message("training") + "; train on the MODEL before TorchCompileModel")
     check_conditioning(conditioning, arch)
     percents = torch.linspace(noise_start, noise_end, levels).tolist() if levels > 1 else [noise_start]
     src = _noised_samples(model, encode_images(vae, source_images, model), percents, seed)
     tgt = _noised_samples(model, encode_images(vae, target_images, model), percents, seed + 1)
-    patcher = model.clone()
+    patcher = training_clone(model)
     train_dtype = training_compute_dtype(patcher)
     if train_dtype is not None:
         patcher.set_model_compute_dtype(train_dtype)
@@ -133,7 +136,7 @@ def train_style(model, vae, target_images: torch.Tensor, source_images: torch.Te
                 run_cfg = cfg
                 if get_method(method).iterative and not micro_batch:  # 0 = auto: free memory, one measured sample
                     run_cfg = replace(cfg, micro_batch_size=auto_micro_batch(dm, Steering(specs).to(device), forward,
-                                                                             src, cfg.batch_size, device))
+                                                                             src, cfg.batch_size, device, patcher))
                 memory["micro_batch"] = run_cfg.micro_batch_size
                 steering, result = train(dm, specs, forward, src, tgt, method=method, config=run_cfg,
                                          on_step=on_step, device=device)
@@ -141,8 +144,9 @@ def train_style(model, vae, target_images: torch.Tensor, source_images: torch.Te
 
     memory = {"gradient_checkpointing": checkpointed}
     latent_shape = (chunk,) + tuple(src["x"].shape[1:])
-    steering, result, dm, dtype, cast = run_in_sampling(patcher, conditioning, latent_shape, train_in_sampling,
-                                                        seed=seed)
+    with training_mode():  # newer ComfyUI: RoPE / fused kernels with autograd, as its own trainer sets it
+        steering, result, dm, dtype, cast = run_in_sampling(patcher, conditioning, latent_shape, train_in_sampling,
+                                                            seed=seed)
     ref = SteeringRecord.from_training(steering, result, cfg, name=name, fingerprint=model_fingerprint(dm, arch),
                                        sites=len(steering.sites), noise_percents=percents,
                                        target_images=int(target_images.shape[0]),

@@ -47,11 +47,14 @@ class DiTConfig:
     def arch(self) -> dict:
         """The unet_config ComfyUI's FluxSchnell builds the model from (detection sets hidden 3072 / 24
         heads for Flux whatever the file holds: the load sets these back, see ``load_model``)."""
-        return {"image_model": "flux", "in_channels": 16, "patch_size": 2, "out_channels": 16,
-                "vec_in_dim": POOLED_DIM, "context_in_dim": CONTEXT_DIM, "hidden_size": self.hidden,
-                "mlp_ratio": 4.0, "num_heads": self.hidden // 128, "depth": self.depth,
-                "depth_single_blocks": self.single, "axes_dim": [16, 56, 56], "theta": 10000, "qkv_bias": True,
-                "guidance_embed": False}
+        from bench.comfy_families import with_current_keys
+
+        return with_current_keys("flux_schnell", {
+            "image_model": "flux", "in_channels": 16, "patch_size": 2, "out_channels": 16,
+            "vec_in_dim": POOLED_DIM, "context_in_dim": CONTEXT_DIM, "hidden_size": self.hidden,
+            "mlp_ratio": 4.0, "num_heads": self.hidden // 128, "depth": self.depth,
+            "depth_single_blocks": self.single, "axes_dim": [16, 56, 56], "theta": 10000, "qkv_bias": True,
+            "guidance_embed": False})
 
 
 ZERO_INIT = (".img_attn.proj.", ".txt_attn.proj.", ".img_mlp.2.", ".txt_mlp.2.", ".linear2.", "final_layer.linear.")
@@ -71,11 +74,13 @@ def build_dit(cfg: DiTConfig, seed: int):
     init_default_(dm)
     with torch.no_grad():
         for name, p in dm.named_parameters():
-            if name.endswith(".scale"):
+            # RMSNorm scales: ``.scale`` in older ComfyUI, ``.weight`` of a torch RMSNorm in newer trees
+            owner = dm.get_submodule(name.rsplit(".", 1)[0]) if "." in name else dm
+            if name.endswith(".scale") or (isinstance(owner, torch.nn.RMSNorm) and name.endswith(".weight")):
                 p.fill_(1.0)
             if any(z in f".{name}" for z in ZERO_INIT):
                 p.zero_()
-    return dm
+    return dm.requires_grad_(True)  # newer ComfyUI ops make their parameters with requires_grad=False
 
 
 def _copy_norm_inputs(dm) -> list:
@@ -93,10 +98,20 @@ def zero_text(batch: int, tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _loss(dm, x0, s, noise, tokens: int) -> torch.Tensor:
+    import comfy.model_management as mm
+
     sv = s.view(-1, 1, 1, 1)
     xt = (1 - sv) * x0 + sv * noise
     ctx, y = zero_text(x0.shape[0], tokens)
-    out = dm(xt, s, ctx, y=y)
+    # newer ComfyUI runs RoPE through kernels without autograd unless in_training is set (as its trainer does)
+    previous = getattr(mm, "in_training", None)
+    if previous is not None:
+        mm.in_training = torch.is_grad_enabled()
+    try:
+        out = dm(xt, s, ctx, y=y)
+    finally:
+        if previous is not None:
+            mm.in_training = previous
     return F.mse_loss(out.float(), noise - x0)
 
 

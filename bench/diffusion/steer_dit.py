@@ -46,7 +46,9 @@ class DiTBenchConfig(BenchConfig):
 
 
 def _node(host, node_id: str, **inputs):
-    cls = host.nodes.NODE_CLASS_MAPPINGS[node_id].PREPARE_CLASS_CLONE({"unique_id": f"bench-{node_id}"})
+    from bench.comfy_runtime import node_class
+
+    cls = node_class(host.nodes, node_id, f"bench-{node_id}")
     with torch.inference_mode():  # as ComfyUI's executor runs every node
         return cls.EXECUTE_NORMALIZED(**inputs).args
 

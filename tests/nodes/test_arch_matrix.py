@@ -23,7 +23,9 @@ RES = 64
 
 
 def _node(comfy, node_id: str, **inputs):
-    cls = comfy.nodes.NODE_CLASS_MAPPINGS[node_id].PREPARE_CLASS_CLONE({"unique_id": f"test-{node_id}"})
+    from bench.comfy_runtime import node_class
+
+    cls = node_class(comfy.nodes, node_id, f"test-{node_id}")
     with torch.inference_mode():  # as ComfyUI's executor runs every node
         return cls.EXECUTE_NORMALIZED(**inputs).args
 

@@ -95,8 +95,11 @@ def test_checkpointing_same_gradient_one_recording_less_memory(tiny):
 
 
 def test_no_second_copy_of_the_weights(tiny):
-    """What one forward saves for backward, beyond the model's own weights: with ComfyUI weight wrappers
-    (the former trainable clone) a cast copy of every weight; with aliased weights, activations only."""
+    """What one forward saves for backward beyond the model's own weights, with the aliased weights of
+    trainable_weights, equals what a model with ordinary (non-inference) weights saves: activations only,
+    no copy of any weight. On any ComfyUI (v0.3.64 weight wrappers copied every weight; 0.33 casts differ)."""
+    import copy
+
     mem = _pack().nodes._memory
     with torch.inference_mode(False):
         patcher = tiny.clone()
@@ -108,21 +111,21 @@ def test_no_second_copy_of_the_weights(tiny):
         _, aliased, _, _ = _grads(patcher, steering)
         assert all(p is originals[n] for n, p in dm.named_parameters())  # the inference tensors are back
         assert all(p.is_inference() for p in dm.parameters())
-
-        wrapped = tiny.clone()
-        for name, module in dm.named_modules():
-            if hasattr(module, "weight_function"):
-                for kind in ("weight", "bias"):
-                    if getattr(module, kind, None) is not None:
-                        wrapped.add_weight_wrapper(f"diffusion_model.{name}.{kind}", lambda w: w)
-        import comfy.model_management as mm
-
-        mm.load_models_gpu([wrapped])
-        with torch.enable_grad(), mem.saved_bytes(mem.weight_storages(dm)) as saved:
-            with _engine().attach(dm, steering):
-                _forward(wrapped)()
-        copied = saved["bytes"]
-    assert copied - aliased > 0.9 * weight_bytes, (copied, aliased, weight_bytes)
+        plain_dm = copy.deepcopy(dm)  # ordinary tensors: a copy made outside inference mode
+        with torch.no_grad():
+            for p in plain_dm.parameters():
+                p.data = p.data.clone()
+        assert not any(p.is_inference() for p in plain_dm.parameters())
+        plain_steering = _steering(plain_dm)
+        g = torch.Generator().manual_seed(0)  # the inputs of _forward(patcher), through apply_model's steps
+        x, ctx = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 77, 768, generator=g)
+        sigma = torch.full((2,), 3.0)
+        ms = patcher.get_model_object("model_sampling")
+        with torch.enable_grad(), mem.saved_bytes(mem.weight_storages(plain_dm)) as saved:
+            with _engine().attach(plain_dm, plain_steering):
+                plain_dm(ms.calculate_input(sigma, x), ms.timestep(sigma).float(), context=ctx)
+    assert aliased < 0.5 * weight_bytes, (aliased, weight_bytes)
+    assert abs(aliased - saved["bytes"]) <= 0.25 * saved["bytes"], (aliased, saved["bytes"])
 
 
 def test_micro_batch_from_free_memory():

@@ -15,9 +15,12 @@ def test_flux_and_mmdit_norms_by_type(comfy):
     from lineas_engine import NoMatchingSiteError, find_sites, site_specs
 
     ops = comfy.ops.disable_weight_init
-    flux = Flux(in_channels=16, out_channels=16, vec_in_dim=32, context_in_dim=32, hidden_size=64, mlp_ratio=2.0,
-                num_heads=2, depth=1, depth_single_blocks=1, axes_dim=[8, 12, 12], theta=10000, patch_size=2,
-                qkv_bias=True, guidance_embed=False, operations=ops, device="cpu", dtype=torch.float32)
+    from bench.comfy_families import with_current_keys
+
+    flux = Flux(**with_current_keys("flux_dev", dict(
+        in_channels=16, out_channels=16, vec_in_dim=32, context_in_dim=32, hidden_size=64, mlp_ratio=2.0,
+        num_heads=2, depth=1, depth_single_blocks=1, axes_dim=[8, 12, 12], theta=10000, patch_size=2,
+        qkv_bias=True, guidance_embed=False)), operations=ops, device="cpu", dtype=torch.float32)
     norms = find_sites(flux, preset="norms")
     assert {"double_blocks.0.img_norm1", "double_blocks.0.txt_norm2", "single_blocks.0.pre_norm",
             "double_blocks.0.img_attn.norm.query_norm"} <= set(norms)

@@ -1,0 +1,81 @@
+"""What differs between the ComfyUI versions the pack runs on (v0.3.64 to 0.33), found by feature detection,
+never by version numbers.
+
+- ``comfy.model_management.in_training`` (newer trees): RoPE and fused ``rms_rope`` kernels (comfy_kitchen
+  custom ops) have no autograd formula and run only when it is False; ComfyUI's own trainer sets it True for
+  the whole training call (comfy_extras/nodes_train.py). :func:`training_mode` does the same and restores it.
+- Quantized weights (``comfy.quant_ops.QuantizedTensor``: fp8-scaled, nvfp4, mxfp8, int8 checkpoints): a
+  tensor subclass without a plain storage. :func:`is_quantized` tells them apart; :func:`plain_copy` is a
+  dequantized copy for what the pack reads.
+- Dynamic VRAM (``ModelPatcherDynamic``, comfy_aimdo): the forward uses weight views that ComfyUI makes on
+  demand; :func:`is_dynamic` tells such a patcher. ``ModelPatcher.get_free_memory`` (newer trees) counts what
+  Dynamic VRAM can evict: :func:`free_memory` asks the patcher when it offers it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+
+__all__ = ["training_mode", "is_quantized", "plain_copy", "is_dynamic", "free_memory"]
+
+
+@contextlib.contextmanager
+def training_mode() -> Iterator[None]:
+    """``comfy.model_management.in_training = True`` for the duration (where the tree has it), then the
+    previous value, also on error or interrupt."""
+    import comfy.model_management as mm
+
+    if not hasattr(mm, "in_training"):
+        yield
+        return
+    previous = mm.in_training
+    mm.in_training = True
+    try:
+        yield
+    finally:
+        mm.in_training = previous
+
+
+def _quantized_type():
+    try:
+        from comfy.quant_ops import QuantizedTensor
+    except (ImportError, AttributeError):
+        return None
+    return QuantizedTensor
+
+
+def is_quantized(t) -> bool:
+    qt = _quantized_type()
+    return qt is not None and isinstance(t, qt)
+
+
+def plain_copy(t: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A plain tensor with ``t``'s values in ``dtype`` (a quantized weight dequantized)."""
+    if is_quantized(t):
+        return t.dequantize().to(dtype)
+    return t.detach().to(dtype)
+
+
+def is_dynamic(patcher) -> bool:
+    """True for a Dynamic VRAM patcher (weights loaded and cast on demand, newer trees)."""
+    probe = getattr(patcher, "is_dynamic", None)
+    if callable(probe):
+        return bool(probe())
+    return type(patcher).__name__ == "ModelPatcherDynamic"
+
+
+def free_memory(patcher, device) -> int:
+    """Free memory on ``device`` for training with ``patcher`` loaded: the patcher's own count where the tree
+    offers it (Dynamic VRAM adds what it can evict), else ``model_management.get_free_memory``."""
+    import comfy.model_management as mm
+
+    own = getattr(patcher, "get_free_memory", None)
+    if callable(own):
+        try:
+            return int(own(device))
+        except TypeError:
+            pass
+    return int(mm.get_free_memory(device))
