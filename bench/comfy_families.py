@@ -316,7 +316,7 @@ def main() -> None:
     import tempfile
     import time
 
-    from bench.comfy_runtime import CACHE, InProcessComfy
+    from bench.comfy_runtime import InProcessComfy, families_dir
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--real-width", action="store_true")
@@ -327,7 +327,7 @@ def main() -> None:
     print("| family | ComfyUI class | params (M) | detection overrides | default sites | channels | QK norms | 2 train steps incl. set-up (s) |")
     print("|---|---|---|---|---|---|---|---|")
     for name in a.families:
-        lf = load_family(name, CACHE / "families", "fp32", real_width=a.real_width)
+        lf = load_family(name, families_dir(), "fp32", real_width=a.real_width)
         dm = lf.model.model.diffusion_model
         params = sum(p.numel() for p in dm.parameters()) / 1e6
         qk = sum(1 for n, m in dm.named_modules() if n and api.is_qk_norm(n) and not list(m.children()))

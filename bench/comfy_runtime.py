@@ -22,6 +22,20 @@ PACK_NAME = "comfyui-lineas"
 CKPT = "tiny_sd15.safetensors"
 
 
+def comfy_version() -> str:
+    """The ComfyUI tree's version (comfyui_version.py), or "unknown"."""
+    f = COMFY / "comfyui_version.py"
+    text = f.read_text() if f.is_file() else ""
+    found = [line.split("=", 1)[1].strip().strip("\"'") for line in text.splitlines() if line.startswith("__version__")]
+    return found[0] if found else "unknown"
+
+
+def families_dir() -> Path:
+    """Where the family builds of this ComfyUI tree are cached: one folder per version (key names change
+    between trees, e.g. Flux's QK norms are ``.scale`` in v0.3.64 and ``.weight`` in 0.33)."""
+    return CACHE / f"families-{comfy_version()}"
+
+
 def comfy_available() -> tuple[bool, str]:
     if not (COMFY / "main.py").is_file() or not (COMFY / "comfy").is_dir():
         return False, f"ComfyUI not found at {COMFY} (set COMFYUI_PATH; see README)"

@@ -67,15 +67,17 @@ class Steering(nn.Module):
                 f"site {site!r} produced shape {tuple(h.shape)} but the steering expects {spec.dim} channels "
                 f"on axis {axis}; the steering was made for another model or site"
             )
-        w = self.weight(site).to(device=h.device, dtype=h.dtype)
-        b = self.bias(site).to(device=h.device, dtype=h.dtype)
+        w = self.weight(site).to(device=h.device)
+        b = self.bias(site).to(device=h.device)
         if strength != 1:
             w = 1 + strength * (w - 1)
             b = strength * b
-        if axis == 1:
-            shape = (1, spec.dim) + (1,) * (h.dim() - 2)
-            w, b = w.view(shape), b.view(shape)
-        return torch.addcmul(b, h, w)
+        shape = (1, spec.dim) + (1,) * (h.dim() - 2) if axis == 1 else (spec.dim,)
+        if h.dtype in (torch.float32, torch.float64) or not h.is_floating_point():
+            return torch.addcmul(b.to(h.dtype).view(shape), h, w.to(h.dtype).view(shape))
+        # half precision (bf16 / fp16): w - 1 in h's dtype keeps the map's small deviations from the identity
+        # (bf16 resolves 1 + 2^-7 at best, w - 1 to 8 significant bits), and the identity stays exact
+        return h + torch.addcmul(b.to(h.dtype).view(shape), h, (w - 1).to(h.dtype).view(shape))
 
     # -- construction --------------------------------------------------------------------------------
     @classmethod

@@ -23,9 +23,9 @@ def _pack(module: str):
 
 @pytest.fixture(scope="module")
 def fam_dir():
-    from bench.comfy_runtime import CACHE
+    from bench.comfy_runtime import families_dir
 
-    return CACHE / "families"
+    return families_dir()
 
 
 def _load(fam_dir, family, dtype="fp32"):
@@ -118,7 +118,7 @@ def test_video_vae_encodes_each_image_as_its_own_one_frame_video(comfy):
     from comfy.ldm.wan.vae import WanVAE
 
     from bench.comfy_families import load_family
-    from bench.comfy_runtime import CACHE
+    from bench.comfy_runtime import families_dir
 
     encode_images = _pack("nodes._conditioning").encode_images
     torch.manual_seed(0)
@@ -130,7 +130,7 @@ def test_video_vae_encodes_each_image_as_its_own_one_frame_video(comfy):
     with torch.inference_mode():
         whole = vae.encode(images)
     assert whole.shape[0] == 1  # ComfyUI: one video
-    model = load_family("wan21", CACHE / "families").model
+    model = load_family("wan21", families_dir()).model
     lat = encode_images(vae, images, model)
     assert lat.shape[:3] == (3, 16, 1)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.comfy_runtime import CACHE
+from bench.comfy_runtime import families_dir
 
 pytestmark = [pytest.mark.comfy, pytest.mark.arch]
 
@@ -59,7 +59,7 @@ def _files(comfy) -> set:
 
 @pytest.fixture(scope="module")
 def fam_dir():
-    return CACHE / "families"
+    return families_dir()
 
 
 @pytest.mark.parametrize("family,dtype", PARAMS)
