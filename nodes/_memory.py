@@ -74,15 +74,21 @@ def training_clone(model):
     parameter swap can reach; as ComfyUI's own trainer does (comfy_extras/nodes_train.py), such a model is
     trained on a fresh, non-dynamic copy loaded again by its loader outside inference mode
     (``clone(force_deepcopy=True)``; costs one more load of the weights, in RAM, for the training run).
-    Other models train on a plain clone (see :func:`trainable_weights`)."""
-    if not is_dynamic(model):
+    Quantized weights (``QuantizedTensor``) take the same route: loading them outside inference mode replaces
+    the shared model's parameters, which its next sampling under inference mode cannot move. Other models
+    train on a plain clone (see :func:`trainable_weights`)."""
+    quantized = any(is_quantized(p) for p in model.get_model_object("diffusion_model").parameters())
+    if not (is_dynamic(model) or quantized):
         return model.clone()
+    if quantized and getattr(model, "cached_patcher_init", None) is None:
+        return model.clone()  # trees without the fresh-copy clone keep quantized weights as plain tensors
     if getattr(model, "cached_patcher_init", None) is None:
         raise LineasError(
             "this MODEL runs under Dynamic VRAM and was not made by a core loader (no cached_patcher_init), so "
             "it cannot be reloaded for training; load it with UNETLoader / CheckpointLoaderSimple, or start "
             "ComfyUI with --disable-dynamic-vram")
-    logger.info("Dynamic VRAM model: training on a fresh copy loaded outside inference mode")
+    logger.info("%s model: training on a fresh copy loaded outside inference mode",
+                "Dynamic VRAM" if is_dynamic(model) else "quantized")
     with torch.inference_mode(False):
         return model.clone(force_deepcopy=True)
 
@@ -298,6 +304,8 @@ def saved_bytes(resident: set[int] | None = None):
         if t.device.type == "meta":
             out["bytes"] += t.numel() * t.element_size()
             return t
+        if is_quantized(t):  # a quantized weight (no plain storage): resident, not new memory
+            return t
         st = t.untyped_storage()
         if st.data_ptr() not in seen:
             seen.add(st.data_ptr())
@@ -310,7 +318,7 @@ def saved_bytes(resident: set[int] | None = None):
 
 def weight_storages(root: nn.Module) -> set[int]:
     return {t.untyped_storage().data_ptr() for t in list(root.parameters()) + list(root.buffers())
-            if t.device.type != "meta"}
+            if t.device.type != "meta" and not is_quantized(t)}
 
 
 def saved_bytes_per_sample(forward: Callable[[Any], Any], one_sample: Any, root: nn.Module) -> int:
