@@ -8,7 +8,8 @@ import importlib
 import logging
 import sys
 
-BENCHES = {"engine": "bench.engine_bench", "comfy": "bench.comfy_bench", "llm-speed": "bench.llm.speed"}
+BENCHES = {"engine": "bench.engine_bench", "comfy": "bench.comfy_bench", "llm-speed": "bench.llm.speed",
+           "loss": "bench.loss_bench"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -92,9 +92,18 @@ def time_family(name: str, folder: Path, args, device) -> dict:
     shape = (fam.latent_channels, 1, hw, hw) if video_latents else (fam.latent_channels, hw, hw)
     g = torch.Generator().manual_seed(0)
     ms = model.get_model_object("model_sampling")
-    sigma = float(ms.percent_to_sigma(0.5))
-    src = {"x": torch.randn(args.batch, *shape, generator=g) * sigma, "sigma": torch.full((args.batch,), sigma)}
-    tgt = {"x": torch.randn(args.batch, *shape, generator=g) * sigma + 0.3, "sigma": src["sigma"].clone()}
+    if args.node_defaults:  # the training node's defaults: batch 16 over 8 noise levels, the loss per level
+        levels = 8
+        group = torch.arange(args.batch) % levels
+        sig = torch.tensor([float(ms.percent_to_sigma(p)) for p in torch.linspace(0, 1, levels).tolist()])[group]
+        sig = sig.clamp(max=float(ms.sigma_max))
+        src = {"x": torch.randn(args.batch, *shape, generator=g) * sig.view(-1, *[1] * len(shape)),
+               "sigma": sig, "lineas_group": group}
+        tgt = {"x": src["x"] + 0.3, "sigma": sig.clone(), "lineas_group": group.clone()}
+    else:
+        sigma = float(ms.percent_to_sigma(0.5))
+        src = {"x": torch.randn(args.batch, *shape, generator=g) * sigma, "sigma": torch.full((args.batch,), sigma)}
+        tgt = {"x": torch.randn(args.batch, *shape, generator=g) * sigma + 0.3, "sigma": src["sigma"].clone()}
     row: dict = {"family": name, "class": fam.config_class}
     mem = p.nodes.api
 
@@ -271,6 +280,9 @@ def main(argv=None) -> int:
     ap.add_argument("--gpu-gib", type=float, default=22.0, help="memory the estimate may use (a 24 GB card)")
     ap.add_argument("--clock", choices=["cpu", "wall"], help="timer (default: cpu time on the CPU, wall on CUDA)")
     ap.add_argument("--checkpointing", action="store_true", help="train with per-block gradient checkpointing")
+    ap.add_argument("--node-defaults", action="store_true",
+                    help="the training node's defaults: every site of 'all norms', batch 16 over 8 noise levels "
+                         "(sets --batch 16), the OT loss per level")
     ap.add_argument("--no-timing", action="store_true")
     ap.add_argument("--sampling-only", action="store_true", help="time sampling only (skip the training step)")
     ap.add_argument("--real-width", action="store_true",
@@ -278,6 +290,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args(argv)
+    if args.node_defaults:
+        args.batch = 16
 
     from bench.comfy_runtime import InProcessComfy, comfy_available
 
@@ -290,7 +304,9 @@ def main(argv=None) -> int:
 
     device = torch.device(args.device)
     CLOCK["kind"] = args.clock or ("cpu" if device.type == "cpu" else "wall")
-    folder = Path(os.environ.get("LINEAS_CACHE") or Path.home() / ".cache" / "lineas") / "comfy-families"
+    from bench.comfy_runtime import families_dir
+
+    folder = families_dir()
     names = list(FAMILIES) if args.families == "all" else args.families.split(",")
     out: dict = {"command": "python -m bench comfy " + " ".join(argv if argv is not None else sys.argv[2:]),
                  "threads": torch.get_num_threads(), "loadavg_start": os.getloadavg()[0], "families": [], "memory": []}

@@ -175,7 +175,8 @@ def apply_steering_report(model, ref: SteeringRecord, strength: float, start_per
         if plan.skipped:  # sites without an affine: hooks for those only, and said so in the report
             rest = steering.subset(plan.skipped)
             if is_compiled(model):
-                raise CompiledModelError(compiled_message(f"mode 'fold' with {len(plan.skipped)} site(s) kept as hooks"))
+                raise CompiledModelError(
+                    compiled_message(f"mode 'fold' with {len(plan.skipped)} site(s) kept as hooks"))
             m.add_wrapper_with_key(WrappersMP.APPLY_MODEL, key, _hook_wrapper(rest, strength, float("inf"), 0.0))
         return m, plan.describe()
     ms = model.get_model_object("model_sampling")

@@ -7,10 +7,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.nodes.test_arch_errors import _load, _pack, fam_dir  # noqa: F401  (fixture)
+from tests.nodes.test_arch_errors import _load, _pack
 from tests.nodes.test_arch_matrix import RES, _ksample, _node, _train_inputs
 
 pytestmark = [pytest.mark.comfy, pytest.mark.arch]
+
+
+@pytest.fixture(scope="module")
+def fam_dir():
+    from bench.comfy_runtime import families_dir
+
+    return families_dir()
 
 
 def test_training_runs_with_in_training_set_and_restored(comfy, fam_dir):
