@@ -35,7 +35,8 @@ from ._compat import free_memory, is_dynamic, is_quantized
 
 __all__ = ["CHECKPOINTING", "prepare_training", "auto_micro_batch", "training_bytes_per_sample", "add_checkpointing",
            "checkpoint_units", "load_for_training", "check_loaded", "trainable_weights", "training_clone",
-           "casts_weights_per_forward", "saved_bytes", "weight_storages", "saved_bytes_per_sample", "choose_micro_batch"]
+           "casts_weights_per_forward", "saved_bytes", "weight_storages", "saved_bytes_per_sample",
+           "choose_micro_batch"]
 
 logger = logging.getLogger(__name__)
 CHECKPOINTING = {"auto": "on when weights are cast per forward (fp8 / manual cast) or the model loads partially",
