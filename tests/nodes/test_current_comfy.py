@@ -203,6 +203,7 @@ def test_bf16_learns_as_much_as_fp32(comfy, fam_dir, family):
     from the identity is applied in bf16 as ``h + h * (w - 1) + b`` (``w`` itself rounds to 1 in bf16 for
     small steps) and pooled means are fp32. Before, SDXL in bf16 moved its output 41 % as far as fp32."""
     import comfy.model_management as mm
+
     from bench.comfy_families import load_family, make_conditioning, make_vae
 
     moved = {}
