@@ -83,8 +83,6 @@ def ot_loss(
     """
     from .packed_loss import SortedTarget, packed_ot_loss
 
-    if reduction not in ("mean", "sum"):
-        raise LineasError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
     sites = list(source)
     if not sites:
         raise LineasError("ot_loss needs at least one site")

@@ -26,12 +26,12 @@ def _pack(acts: Mapping[str, torch.Tensor], sites: Sequence[str], device: torch.
     return torch.cat([acts[s].to(device=device, dtype=torch.float32) for s in sites], dim=1)
 
 
-def _coordinate_weights(acts: Mapping[str, torch.Tensor], sites: Sequence[str], reduction: str,
-                        device: torch.device) -> torch.Tensor | None:
+def _coordinate_weights(widths: Sequence[int], reduction: str, device: torch.device) -> torch.Tensor | None:
+    """Per packed coordinate: ``1 / (sites * width)`` for "mean" (mean over coordinates, then sites); None
+    for "sum"."""
     if reduction == "sum":
         return None
-    widths = [int(acts[s].shape[1]) for s in sites]
-    return torch.cat([torch.full((d,), 1.0 / (len(sites) * d)) for d in widths]).to(device)
+    return torch.cat([torch.full((d,), 1.0 / (len(widths) * d)) for d in widths]).to(device)
 
 
 def _by_group(packed: torch.Tensor, groups: torch.Tensor | None) -> tuple[list[int], list[torch.Tensor]]:
@@ -77,7 +77,7 @@ class SortedTarget:
         self.labels = {label: k for k, label in enumerate(labels)}
         self.sizes = [p.shape[0] for p in parts]
         self.sorted = _sorted_stack(parts)
-        self.weights = _coordinate_weights(acts, sites, reduction, self.device)
+        self.weights = _coordinate_weights(self.widths, reduction, self.device)
         self._pick: dict[tuple[int, ...], torch.Tensor] = {}
 
     def matches(self, sites: Sequence[str], grouped: bool, reduction: str, device) -> bool:

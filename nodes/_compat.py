@@ -5,8 +5,8 @@ never by version numbers.
   custom ops) have no autograd formula and run only when it is False; ComfyUI's own trainer sets it True for
   the whole training call (comfy_extras/nodes_train.py). :func:`training_mode` does the same and restores it.
 - Quantized weights (``comfy.quant_ops.QuantizedTensor``: fp8-scaled, nvfp4, mxfp8, int8 checkpoints): a
-  tensor subclass without a plain storage. :func:`is_quantized` tells them apart; :func:`plain_copy` is a
-  dequantized copy for what the pack reads.
+  tensor subclass without a plain storage. :func:`is_quantized` tells them apart. ComfyUI quantizes linear and
+  conv weights only; the norm weights the pack reads (fold, LoRA export) stay plain tensors.
 - Dynamic VRAM (``ModelPatcherDynamic``, comfy_aimdo): the forward uses weight views that ComfyUI makes on
   demand; :func:`is_dynamic` tells such a patcher. ``ModelPatcher.get_free_memory`` (newer trees) counts what
   Dynamic VRAM can evict: :func:`free_memory` asks the patcher when it offers it.
@@ -15,11 +15,10 @@ never by version numbers.
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Iterator
 
-import torch
-
-__all__ = ["training_mode", "is_quantized", "plain_copy", "is_dynamic", "free_memory"]
+__all__ = ["training_mode", "is_quantized", "is_dynamic", "free_memory"]
 
 
 @contextlib.contextmanager
@@ -39,6 +38,7 @@ def training_mode() -> Iterator[None]:
         mm.in_training = previous
 
 
+@functools.lru_cache(maxsize=1)
 def _quantized_type():
     try:
         from comfy.quant_ops import QuantizedTensor
@@ -52,13 +52,6 @@ def is_quantized(t) -> bool:
     return qt is not None and isinstance(t, qt)
 
 
-def plain_copy(t: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """A plain tensor with ``t``'s values in ``dtype`` (a quantized weight dequantized)."""
-    if is_quantized(t):
-        return t.dequantize().to(dtype)
-    return t.detach().to(dtype)
-
-
 def is_dynamic(patcher) -> bool:
     """True for a Dynamic VRAM patcher (weights loaded and cast on demand, newer trees)."""
     probe = getattr(patcher, "is_dynamic", None)
@@ -68,14 +61,9 @@ def is_dynamic(patcher) -> bool:
 
 
 def free_memory(patcher, device) -> int:
-    """Free memory on ``device`` for training with ``patcher`` loaded: the patcher's own count where the tree
-    offers it (Dynamic VRAM adds what it can evict), else ``model_management.get_free_memory``."""
+    """Free memory on ``device`` for training with ``patcher`` (or None) loaded: the patcher's own count where
+    the tree offers it (Dynamic VRAM adds what it can evict), else ``model_management.get_free_memory``."""
     import comfy.model_management as mm
 
     own = getattr(patcher, "get_free_memory", None)
-    if callable(own):
-        try:
-            return int(own(device))
-        except TypeError:
-            pass
-    return int(mm.get_free_memory(device))
+    return int(own(device) if callable(own) else mm.get_free_memory(device))

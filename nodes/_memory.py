@@ -78,18 +78,18 @@ def training_clone(model):
     Quantized weights (``QuantizedTensor``) take the same route: loading them outside inference mode replaces
     the shared model's parameters, which its next sampling under inference mode cannot move. Other models
     train on a plain clone (see :func:`trainable_weights`)."""
+    dynamic = is_dynamic(model)
+    reloadable = getattr(model, "cached_patcher_init", None) is not None  # trees without it: no QuantizedTensor
     quantized = any(is_quantized(p) for p in model.get_model_object("diffusion_model").parameters())
-    if not (is_dynamic(model) or quantized):
+    if not dynamic and not (quantized and reloadable):
         return model.clone()
-    if quantized and getattr(model, "cached_patcher_init", None) is None:
-        return model.clone()  # trees without the fresh-copy clone keep quantized weights as plain tensors
-    if getattr(model, "cached_patcher_init", None) is None:
+    if not reloadable:
         raise LineasError(
             "this MODEL runs under Dynamic VRAM and was not made by a core loader (no cached_patcher_init), so "
             "it cannot be reloaded for training; load it with UNETLoader / CheckpointLoaderSimple, or start "
             "ComfyUI with --disable-dynamic-vram")
     logger.info("%s model: training on a fresh copy loaded outside inference mode",
-                "Dynamic VRAM" if is_dynamic(model) else "quantized")
+                "Dynamic VRAM" if dynamic else "quantized")
     with torch.inference_mode(False):
         return model.clone(force_deepcopy=True)
 
@@ -114,10 +114,8 @@ def auto_micro_batch(dm: nn.Module, steering, forward: Callable[[Any], Any], sam
                      device, patcher=None) -> int | None:
     """The micro-batch for ``batch_size`` from the free memory of ``device`` (the patcher's own count where
     ComfyUI offers one) and :func:`training_bytes_per_sample`; None = the whole batch in one pass."""
-    import comfy.model_management as mm
-
     per = training_bytes_per_sample(dm, steering, forward, samples)
-    free = free_memory(patcher, device) if patcher is not None else mm.get_free_memory(device)
+    free = free_memory(patcher, device)
     micro = choose_micro_batch(per, free, batch_size)
     logger.info("one sample keeps %.1f MiB for backward, %.1f GiB free on %s: micro-batch %s", per / 2**20,
                 free / 2**30, device, micro or f"off (batch {batch_size} fits)")

@@ -67,19 +67,21 @@ def compiled_message(what: str) -> str:
             "folded: no hooks), or remove TorchCompileModel")
 
 
+def _has_compile_wrapper(transformer_options) -> bool:
+    from comfy.patcher_extension import WrappersMP
+
+    return COMPILE_KEY in (transformer_options or {}).get("wrappers", {}).get(WrappersMP.APPLY_MODEL, {})
+
+
 def is_compiled(model) -> bool:
     """True when TorchCompileModel (``comfy_api.torch_helpers.set_torch_compile_wrapper``) is on this MODEL."""
-    import comfy.patcher_extension as pe
-
-    wrappers = model.model_options.get("transformer_options", {}).get("wrappers", {})
-    return COMPILE_KEY in wrappers.get(pe.WrappersMP.APPLY_MODEL, {}) or "torch_compile_kwargs" in model.model_options
+    return (_has_compile_wrapper(model.model_options.get("transformer_options"))
+            or "torch_compile_kwargs" in model.model_options)
 
 
 def _compiled_at_call(base_model, transformer_options) -> bool:
-    from comfy.patcher_extension import WrappersMP
-
-    wrappers = (transformer_options or {}).get("wrappers", {})
-    return (COMPILE_KEY in wrappers.get(WrappersMP.APPLY_MODEL, {})
+    """In a model call: TorchCompileModel's wrapper is on the sampled clone, or has swapped in its module."""
+    return (_has_compile_wrapper(transformer_options)
             or isinstance(base_model.diffusion_model, torch._dynamo.eval_frame.OptimizedModule))
 
 

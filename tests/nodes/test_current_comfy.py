@@ -135,10 +135,7 @@ def test_dynamic_vram_model_trains_on_a_fresh_copy(comfy, fam_dir):
     assert not any(p.is_inference() for p in dm_fresh.parameters())
     a, b = dict(dm.named_parameters()), dict(dm_fresh.named_parameters())
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in list(a)[:20])
-    seen = {}
-    with torch.inference_mode(False):
-        seen["free"] = _pack("nodes._compat").free_memory(fresh, torch.device("cpu"))
-    assert seen["free"] > 0
+    assert _pack("nodes._compat").free_memory(fresh, torch.device("cpu")) > 0
 
 
 def test_fused_qk_sites_are_said_never_dropped(comfy, fam_dir):
