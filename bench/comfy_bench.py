@@ -244,24 +244,31 @@ def memory_rows(res: int, gpu_gib: float, batch: int) -> list[dict]:
     return rows
 
 
-def meta_check(folder: Path) -> dict:
-    """The meta count against the same count on the real tensors of a reduced SDXL build (CPU, fp32)."""
+def meta_check(folder: Path, res: int = 256) -> dict:
+    """The meta count of a reduced SDXL build against (1) the same count on its real tensors (CPU, fp32) and
+    (2) the measured peak RSS of one real training step of that build, in a fresh child process
+    (``python -m bench.comfy_memory``, ComfyUI's own CPU attention)."""
+    import subprocess
+
     import comfy.model_management as mm
 
     from bench import comfy_memory as cm
     from bench.comfy_families import FAMILIES, load_family
 
-    fam = FAMILIES["sdxl"]
-    spec = ("SDXL", fam.config(), {"context": (77, 2048), "y": 2816})
-    loaded = load_family(fam, folder, weight_dtype="fp32")
+    spec = cm.reduced_spec("sdxl")
+    loaded = load_family(FAMILIES["sdxl"], folder, weight_dtype="fp32")
     mm.load_models_gpu([loaded.model])
     dm = loaded.model.get_model_object("diffusion_model")
     mem = _pack().nodes.api
     with torch.inference_mode(False), mem.trainable_weights(dm):
-        real = cm.count(spec, (4, 8), torch.float32, torch.float32, 256, _helpers(), "sdxl-reduced",
+        real = cm.count(spec, cm.LATENT["sdxl"], torch.float32, torch.float32, res, _helpers(), "sdxl-reduced",
                         base=loaded.model.model, device="cpu")
-    meta = cm.count(spec, (4, 8), torch.float32, torch.float32, 256, _helpers(), "sdxl-reduced")
-    return {"real_A": real.A, "meta_A": meta.A, "real_C": real.C, "meta_C": meta.C, "sites": (real.sites, meta.sites)}
+    meta = cm.count(spec, cm.LATENT["sdxl"], torch.float32, torch.float32, res, _helpers(), "sdxl-reduced")
+    child = subprocess.run([sys.executable, "-m", "bench.comfy_memory", "--family", "sdxl", "--res", str(res)],
+                           capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[1])
+    measured = json.loads(child.stdout.strip().splitlines()[-1])
+    return {"res": res, "real_A": real.A, "meta_A": meta.A, "real_C": real.C, "meta_C": meta.C,
+            "sites": (real.sites, meta.sites), "rss_step_peak": measured["step_peak_over_before"]}
 
 
 def _gib(b: float) -> str:
@@ -349,8 +356,11 @@ def main(argv=None) -> int:
                   f"{_gib(r['peak_off_m1'])}, {r['micro_batch_off']}, {_gib(r['peak_off'])}")
         chk = meta_check(folder)
         out["meta_check"] = chk
-        print(f"meta count vs real tensors (reduced SDXL, 256 px, fp32): A {_gib(chk['meta_A'])} vs "
+        print(f"meta count vs real tensors (reduced SDXL, {chk['res']} px, fp32): A {_gib(chk['meta_A'])} vs "
               f"{_gib(chk['real_A'])} GiB, C {chk['meta_C']} vs {chk['real_C']} B, sites {chk['sites']}")
+        print(f"counted A {chk['meta_A'] / 2**20:.0f} MiB vs measured peak RSS of one real training step over the "
+              f"RSS before it {chk['rss_step_peak'] / 2**20:.0f} MiB (the rest: transient working memory T, "
+              f"not counted; the node leaves {1 - _pack().nodes._memory.FREE_FRACTION:.0%} of free memory for it)")
     out["loadavg_end"] = os.getloadavg()[0]
     print(f"\nloadavg at end {out['loadavg_end']:.2f}")
     if args.json:

@@ -1,12 +1,15 @@
 """Training memory of the full-size models at 1024 px, counted on PyTorch's meta device (no weights, no
 compute): ComfyUI's own model classes at the released configs, the training forward (steering hooks on
 every site of the node's default preset), and torch's saved-tensor hooks counting what autograd keeps for
-backward. Used by ``python -m bench comfy`` (bench/comfy_bench.py), which also checks the count against a
-real (CPU) measurement of a reduced build.
+backward. Used by ``python -m bench comfy`` (bench/comfy_bench.py), which also checks the count against the
+measured peak RSS of a real training step of a reduced build on the CPU (:func:`measure_step`, run in a child
+process: ``python -m bench.comfy_memory``). These are COUNTS for the full models; on a GPU,
+``python -m bench comfy --device cuda`` measures ``torch.cuda.max_memory_allocated`` of a step instead.
 
 What is counted, per sample (batch 1), in bytes:
   W   resident weights (parameters in their stored dtype, e.g. fp8 = 1 byte)
-  A   activations saved for backward (every saved tensor that is not a weight)
+  A   activations saved for backward (every saved tensor that is not a weight; each storage once, however
+      many ops save it or views of it)
   C   weight copies saved for backward: ComfyUI casts weights per forward when they are stored in another
       dtype than the compute dtype (fp8 -> bf16, fp16 trained in bf16); 0 otherwise
   Attention: on meta, scaled_dot_product_attention takes the math path and would save the [N, N] scores;
@@ -90,15 +93,27 @@ class _Counter:
         self.param_shapes = {(tuple(p.shape), p.dtype) for p in params}
         self.shape_only = {tuple(p.shape) for p in params if p.dim() >= 2}
         self.A = self.C = 0
+        self.seen: set[int] = set()  # storages already counted
+        self.kept: list[torch.Tensor] = []
         self.block: str | None = None
         self.A_blk: dict[str, int] = {}
         self.C_blk: dict[str, int] = {}
         self.paused = False
 
+    def _first_time(self, t: torch.Tensor) -> bool:
+        """A tensor saved by several ops (a norm's output kept by the next linear and by the steering's
+        addcmul), or views of one storage, is one piece of memory: counted the first time only."""
+        key = t.untyped_storage()._cdata
+        if key in self.seen:
+            return False
+        self.seen.add(key)
+        self.kept.append(t)  # alive until the count ends, so no later storage can reuse its address
+        return True
+
     def pack(self, t: torch.Tensor):
-        if self.paused or id(t) in self.param_ids:
+        if self.paused or id(t) in self.param_ids or not self._first_time(t):
             return t
-        n = t.numel() * t.element_size()
+        n = t.untyped_storage().nbytes()
         shape = tuple(t.shape)
         is_weight_shape = shape in self.shape_only or (t.dim() == 2 and shape[::-1] in self.shape_only)
         resident = (shape, t.dtype) in self.param_shapes or (shape[::-1], t.dtype) in self.param_shapes
@@ -114,7 +129,8 @@ class _Counter:
                 self.A_blk[self.block] = self.A_blk.get(self.block, 0) + n
         return t
 
-    def add_flash(self, n: int) -> None:
+    def add_flash(self, tensors) -> None:
+        n = sum(t.numel() * t.element_size() for t in tensors if self._first_time(t))
         self.A += n
         if self.block:
             self.A_blk[self.block] = self.A_blk.get(self.block, 0) + n
@@ -144,7 +160,7 @@ def _flash_override(counter: _Counter):
         out = q4 * 1.0  # scalar multiply: nothing saved
         if not kwargs.get("skip_output_reshape"):
             out = out.transpose(1, 2).reshape(b, n, h * d)
-        counter.add_flash(sum(t.numel() * t.element_size() for t in (q, k, v, out)) + b * h * n * 4)
+        counter.add_flash([q, k, v, out, torch.empty(b, h, n, dtype=torch.float32, device=q.device)])  # + logsumexp
         return out
 
     return override
@@ -231,3 +247,92 @@ def count(spec: tuple, latent: tuple[int, int], weight_dtype: torch.dtype, compu
                  params=sum(p.numel() for p in params), W=W, A=counter.A, C=counter.C, B=sum(boundary.values()),
                  A_blk=max(counter.A_blk.values(), default=0), C_blk=max(counter.C_blk.values(), default=0),
                  sites=len(specs), steering_params=steering.num_parameters(), blocks=len(units))
+
+
+# -- validation of the count: one real training step, its peak RSS ------------------------------------------
+def reduced_spec(family: str) -> tuple:
+    """(config class, unet_config, cond) of the reduced UNet build of ``family`` (bench.comfy_families), as
+    :data:`FULL` gives the released ones."""
+    from bench.comfy_families import FAMILIES
+
+    fam = FAMILIES[family]
+    cfg = fam.config()
+    if "adm_in_channels" not in cfg:
+        raise ValueError(f"{family}: the memory check covers the UNet families (sd15, sdxl)")
+    return fam.config_class, cfg, {"context": fam.context, "y": cfg["adm_in_channels"]}
+
+
+def measure_step(family: str, res: int, helpers, folder, trainable_weights) -> dict:
+    """Load the reduced build of ``family`` through ComfyUI's loader (fp32, CPU), then one training forward and
+    backward as :func:`count` runs it (steering hooks on the default sites, input copies), with ComfyUI's own
+    CPU attention. Returns the peak RSS over the step minus the RSS just before it (sampled every 2 ms), and
+    the count of the same configuration on real tensors. Run it in a fresh process: RSS only shows memory
+    the allocator had to ask for."""
+    import threading
+
+    import comfy.model_management as mm
+    import psutil
+
+    from bench.comfy_families import FAMILIES, load_family
+
+    fam = FAMILIES[family]
+    spec = reduced_spec(family)
+    loaded = load_family(fam, folder, weight_dtype="fp32")
+    mm.load_models_gpu([loaded.model])
+    base = loaded.model.model
+    dm = base.diffusion_model
+    choose, probe, steering_cls, attach, _units, inputs_copied = helpers
+    x, t, ctx, kw = model_inputs(spec, LATENT[family], res, "cpu", torch.float32)
+    with torch.no_grad():
+        specs = probe(dm, choose(dm), lambda: call(dm, spec, x, t, ctx, kw, {}))
+    steering = steering_cls(specs)
+    proc = psutil.Process()
+    peak = {"rss": 0}
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak["rss"] = max(peak["rss"], proc.memory_info().rss)
+            done.wait(0.002)
+
+    before = proc.memory_info().rss
+    watcher = threading.Thread(target=sample, daemon=True)
+    watcher.start()
+    try:
+        with trainable_weights(dm), torch.enable_grad(), attach(dm, steering), inputs_copied(dm, list(specs)):
+            out = call(dm, spec, x, t, ctx, kw, {})
+            out.float().square().mean().backward()
+    finally:
+        done.set()
+        watcher.join()
+    return {"family": family, "res": res, "sites": len(specs), "rss_before": before,
+            "step_peak_over_before": max(peak["rss"], proc.memory_info().rss) - before}
+
+
+def main() -> None:
+    """``python -m bench.comfy_memory [--family sdxl] [--res 256]``: :func:`measure_step` in this (fresh) process,
+    printed as JSON (what ``python -m bench comfy`` reads)."""
+    import argparse
+    import json
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    from bench.comfy_runtime import InProcessComfy, families_dir
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--family", default="sdxl")
+    ap.add_argument("--res", type=int, default=256)
+    a = ap.parse_args()
+    InProcessComfy(Path(tempfile.mkdtemp(prefix="lineas-mem-")), tiny_checkpoint=False)
+    pack = next(m for k, m in sys.modules.items() if k.endswith("comfyui-lineas") and hasattr(m, "comfy_entrypoint"))
+    eng = sys.modules[pack.__name__ + ".lineas_engine"]
+    api = pack.nodes.api
+    helpers = (lambda dm: api.choose_sites(dm, "all norms", ""), api.probe_widths, eng.Steering, eng.attach,
+               api.checkpoint_units, api.inputs_copied)
+    with torch.inference_mode(False):
+        print(json.dumps(measure_step(a.family, a.res, helpers, families_dir(), api.trainable_weights)))
+
+
+if __name__ == "__main__":
+    main()
