@@ -1,4 +1,4 @@
-"""Issue 12's two memory cases, measured: a 296-byte steering file whose metadata claims 200,000,000
+"""Two memory cases of bad input, measured: a 296-byte steering file whose metadata claims 200,000,000
 channels (peak RSS growth while it is refused) and a 1 GiB safetensors model passed as a steering
 (Python heap peak while it is refused). Run: ``OMP_NUM_THREADS=1 python -m bench.file_limits``. To measure
 an older engine: ``git archive <commit> lineas_engine | tar -x -C OLD && cd OLD &&

@@ -5,7 +5,7 @@ with rectified flow on precomputed 16-channel VAE latents, in Flux's own paramet
 ``ModelSamplingFlux`` (shift 1, schnell's) feeds the model ``x_t = (1 - s) x0 + s noise`` with timestep ``s``
 and takes ``x_t - s * out`` as the clean estimate, so the model learns ``out = noise - x0``.
 
-It exists to measure on the style benchmark whether DiT QK norms belong in the steered sites (issue 13)."""
+It exists to measure on the style benchmark whether DiT QK norms belong in the steered sites."""
 
 from __future__ import annotations
 

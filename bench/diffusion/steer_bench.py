@@ -1,4 +1,4 @@
-"""The style-steering benchmark, run through ComfyUI's own nodes in this process (issue 5).
+"""The style-steering benchmark, run through ComfyUI's own nodes in this process.
 
 For each method (LinEAS and the layer-wise baseline), one ComfyUI graph generates the source (``source_n``
 samples of the model, seed ``source_seed``) and feeds them with the target folder (illustrations of the
@@ -175,7 +175,7 @@ def run(cfg: BenchConfig, out: Path, comfy=None) -> dict:
 
 
 def compare(methods: dict) -> dict:
-    """The issue's targets: the rise of the illustration fraction from strength 0 to 1 for each method,
+    """The benchmark's targets: the rise of the illustration fraction from strength 0 to 1 for each method,
     and each method's SSIM at the illustration fraction the other reaches at strength 1."""
     out: dict = {}
     for m, r in methods.items():

@@ -1,5 +1,4 @@
 """The style-steering benchmark on the DiT (``dit_recipe``): do DiT QK norms belong in the steered sites?
-(issue 13, item 3).
 
 The trained Flux DiT is loaded by UNETLoader's function (``comfy.sd.load_diffusion_model``; ComfyUI detects
 FluxSchnell from the keys, and the harness sets the reduced width it cannot read, as for the architecture

@@ -7,7 +7,7 @@ statements of another domain), heldout.txt (300 evaluation prompts), neutral.txt
 val_neutral.txt (the 100 validation passages after them, for --calibrate-on), calib.txt (the next 100),
 novels.txt (--n passages of novels after those 700, each cut to its first 13 words, about the toxic prompts'
 mean length: a neutral target of another domain than the prompts), novels_windows.txt (the same passages cut into
-consecutive 13-word windows, the first three complete ones of each: 174 texts for --n 64, stop 16), novels_full.txt
+consecutive 13-word windows, the first three complete ones of each: 174 texts for --n 64), novels_full.txt
 (the same passages uncut, about 41 words)."""
 
 from __future__ import annotations
