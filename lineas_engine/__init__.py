@@ -5,6 +5,8 @@ per-coordinate 1-D optimal transport loss between pooled source and target activ
 sparse (proximal sparse group lasso). Imports only torch, numpy, POT and safetensors.
 """
 
+from .atomic import atomic_write_bytes, write_numbered
+from .compat import check_compatible, model_fingerprint
 from .config import MAPS, Forward, OnStep, Regularizer, TrainConfig, TrainResult
 from .errors import (
     IncompatibleSteeringError,
@@ -15,15 +17,7 @@ from .errors import (
     SiteOutputError,
     SteeringFileError,
 )
-from .files import (
-    FORMAT_VERSION,
-    SteeringMeta,
-    atomic_write_bytes,
-    check_compatible,
-    load_steering,
-    model_fingerprint,
-    save_steering,
-)
+from .files import FORMAT_VERSION, SteeringMeta, load_steering, save_steering
 from .fold import FoldReport, fold_, folded_parameters
 from .hooks import Recorder, SteeringHandle, StopForward, attach, is_recomputing, recomputing, run_until_sites, steered
 from .layerwise import affine_ot_fit, fit_layerwise
@@ -33,11 +27,11 @@ from .methods import METHODS, Method, get_method, register_method, train
 from .optim import cosine_schedule, make_optimizer, prox_sparse_group_lasso_, soft_threshold
 from .paths import cache_root
 from .pooling import pool
-from .record import SteeringRecord, load_record, save_record
+from .record import SteeringRecord, load_record, record_bytes, save_record
 from .recording import evaluate_loss, forward_recorded, frozen, grouped_loss, record_activations
 from .rescue import save_or_rescue
 from .samples import minibatches, num_samples, sample_groups, slice_samples
-from .sites import PRESETS, SiteSpec, find_sites, is_norm, probe_site_specs, register_preset, site_specs
+from .sites import PRESETS, SiteSpec, find_sites, is_norm, register_preset, site_specs
 from .steering import Steering, site_key
 
 __version__ = "0.1.0"
@@ -46,7 +40,7 @@ __all__ = [
     "__version__",
     "LineasError", "NoMatchingSiteError", "SiteOutputError", "SteeringFileError", "IncompatibleSteeringError",
     "NonFiniteLossError", "NonFiniteMapError",
-    "SiteSpec", "PRESETS", "register_preset", "is_norm", "find_sites", "site_specs", "probe_site_specs",
+    "SiteSpec", "PRESETS", "register_preset", "is_norm", "find_sites", "site_specs",
     "Steering", "site_key",
     "attach", "steered", "Recorder", "SteeringHandle", "StopForward", "run_until_sites", "recomputing",
     "is_recomputing",
@@ -59,6 +53,6 @@ __all__ = [
     "affine_ot_fit", "fit_layerwise",
     "FoldReport", "folded_parameters", "fold_",
     "FORMAT_VERSION", "SteeringMeta", "save_steering", "load_steering", "model_fingerprint",
-    "check_compatible", "atomic_write_bytes",
-    "SteeringRecord", "save_record", "load_record", "save_or_rescue", "cache_root",
+    "check_compatible", "atomic_write_bytes", "write_numbered",
+    "SteeringRecord", "save_record", "record_bytes", "load_record", "save_or_rescue", "cache_root",
 ]

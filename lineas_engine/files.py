@@ -1,6 +1,7 @@
 """The steering file: safetensors tensors ``scale.<site>`` / ``shift.<site>`` plus ONE metadata key
 ``lineas`` holding JSON (a single key keeps the bytes deterministic: safetensors orders metadata keys at
-random). Writes are atomic; nothing is pickled.
+random). Writes are atomic (``atomic.py``); nothing is pickled. Whether a steering fits a model is
+``compat.py``.
 Loading checks everything and names each problem; unknown metadata from a newer version is ignored
 with a warning. Loading reads the header first and checks every size it declares against the file's
 real size before reading (or allocating) anything else. Format 2 adds ``checksum``: a SHA-256 of the
@@ -8,14 +9,9 @@ metadata and of every tensor's name, dtype, shape and bytes (format 1 files, wit
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import hashlib
 import json
-import logging
 import os
-import secrets
-import stat
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,21 +23,13 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
-from .errors import IncompatibleSteeringError, NonFiniteMapError, SteeringFileError
-from .sites import SiteSpec, _spec_from_attributes
+from .atomic import atomic_write_bytes
+from .compat import check_compatible
+from .errors import NonFiniteMapError, SteeringFileError
+from .sites import SiteSpec
 from .steering import Steering
 
-logger = logging.getLogger(__name__)
-
-__all__ = [
-    "FORMAT_VERSION",
-    "SteeringMeta",
-    "save_steering",
-    "load_steering",
-    "model_fingerprint",
-    "check_compatible",
-    "atomic_write_bytes",
-]
+__all__ = ["FORMAT_VERSION", "SteeringMeta", "save_steering", "steering_bytes", "load_steering"]
 
 FORMAT_VERSION = 2  # 2: adds "checksum"; 1 (no checksum) still loads
 _KNOWN_KEYS = {"format_version", "engine_version", "sites", "fingerprint", "config", "training", "extra", "checksum"}
@@ -60,71 +48,6 @@ class SteeringMeta:
     extra: dict = field(default_factory=dict)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, overwrite: bool = True) -> Path:
-    """Write to a temporary file in the same folder, fsync, then rename over ``path``: a reader sees the
-    old file or the new one, never half of one, and an interrupted write leaves nothing behind.
-
-    Only a regular file is ever replaced (a device node, a folder, a FIFO or a symlink at ``path`` is
-    refused). With ``overwrite=False`` an existing ``path`` is never replaced, also when another writer
-    creates it while this one writes (the final step is an exclusive hard link): :class:`FileExistsError`."""
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise SteeringFileError(f"cannot write {path}: folder {path.parent} does not exist")
-    _check_replaceable(path, overwrite)
-    tmp = path.parent / f".{path.name[:100]}.{secrets.token_hex(6)}.tmp"
-    # mode 0o666 through os.open: the kernel applies the umask (never read or changed: it is process-global)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if overwrite:
-            _check_replaceable(path, overwrite)
-            os.replace(tmp, path)
-        else:
-            _link_exclusive(tmp, path)
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-    return path
-
-
-def _check_replaceable(path: Path, overwrite: bool) -> None:
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if stat.S_ISLNK(st.st_mode):
-        raise SteeringFileError(f"{path} is a symbolic link; refusing to replace it: give the real path")
-    if not stat.S_ISREG(st.st_mode):
-        raise SteeringFileError(f"{path} exists and is not a regular file (a folder or a device); "
-                                "refusing to replace it: choose another name")
-    if not overwrite:
-        raise FileExistsError(errno.EEXIST, "file exists; refusing to overwrite it", str(path))
-
-
-def _link_exclusive(tmp: Path, path: Path) -> None:
-    """Publish ``tmp`` as ``path`` only if ``path`` does not exist (atomic, no check-then-write race)."""
-    try:
-        os.link(tmp, path)
-    except FileExistsError:
-        raise FileExistsError(errno.EEXIST, "file exists; refusing to overwrite it", str(path)) from None
-    except OSError as e:  # a file system without hard links: exclusive create, then copy the bytes in
-        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
-            raise
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-        try:
-            with os.fdopen(fd, "wb") as out, open(tmp, "rb") as src:
-                out.write(src.read())
-                out.flush()
-                os.fsync(out.fileno())
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-            raise
-
-
 def save_steering(
     path: str | os.PathLike,
     steering: Steering,
@@ -138,6 +61,22 @@ def save_steering(
     """Save ``steering`` (float32) with its metadata, atomically, as safetensors. Refuses NaN / infinite
     maps (nothing is written). ``overwrite=False``: never replace an existing file (:class:`FileExistsError`,
     also when another writer creates ``path`` meanwhile)."""
+    data = steering_bytes(steering, fingerprint=fingerprint, config=config, training=training, extra=extra,
+                          what=Path(path).name)
+    return atomic_write_bytes(path, data, overwrite=overwrite)
+
+
+def steering_bytes(
+    steering: Steering,
+    *,
+    fingerprint: Mapping[str, Any] | None = None,
+    config: Mapping[str, Any] | None = None,
+    training: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
+    what: str = "the steering",
+) -> bytes:
+    """The bytes of the steering file :func:`save_steering` writes. Refuses NaN / infinite maps
+    (:class:`NonFiniteMapError`, naming ``what``)."""
     from . import __version__
 
     tensors = {}
@@ -148,7 +87,7 @@ def save_steering(
         if not torch.isfinite(t).all():
             bad = int((~torch.isfinite(t)).sum())
             raise NonFiniteMapError(f"{name} has {bad} NaN or infinite value(s) (a diverged training?); "
-                                    f"not saving {Path(path).name}: retrain with a lower learning rate")
+                                    f"not saving {what}: retrain with a lower learning rate")
     meta = {
         "format_version": FORMAT_VERSION,
         "engine_version": __version__,
@@ -163,7 +102,7 @@ def save_steering(
         blob = json.dumps(meta, sort_keys=True, allow_nan=False)
     except (TypeError, ValueError) as e:
         raise SteeringFileError(f"steering metadata is not JSON-serialisable: {e}") from None
-    return atomic_write_bytes(path, st_save(tensors, metadata={"lineas": blob}), overwrite=overwrite)
+    return st_save(tensors, metadata={"lineas": blob})
 
 
 def _checksum(meta: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> str:
@@ -332,64 +271,3 @@ def load_steering(
     if device is not None:
         steering.to(device)
     return steering, meta
-
-
-def model_fingerprint(root: nn.Module, architecture: str | None = None) -> dict:
-    """Identity of a model's structure (not its weights): class / architecture name, parameter count and a
-    hash of every parameter's name and shape."""
-    h = hashlib.sha256()
-    count = 0
-    for name, p in root.named_parameters():
-        h.update(f"{name}:{tuple(p.shape)};".encode())
-        count += p.numel()
-    return {"architecture": architecture or type(root).__name__, "num_parameters": count,
-            "structure_sha256": h.hexdigest()[:16]}
-
-
-def check_compatible(
-    steering: Steering,
-    root: nn.Module,
-    *,
-    fingerprint: Mapping[str, Any] | None = None,
-    architecture: str | None = None,
-    allow_transfer: bool = False,
-) -> None:
-    """Raise :class:`IncompatibleSteeringError` naming every mismatch between ``steering`` (and the
-    ``fingerprint`` stored with it) and ``root``: other architecture, other structure (parameter names
-    and shapes, e.g. another number of layers), missing sites, other widths.
-
-    ``allow_transfer=True`` is the deliberate override for a model of another architecture name or
-    structure (e.g. a fine-tune of the model it was trained on with a resized vocabulary): those two
-    mismatches are then logged as warnings; sites and widths must still fit."""
-    problems, identity = [], []
-    fp = fingerprint or {}
-    here = architecture or type(root).__name__
-    there = fp.get("architecture")
-    if there and there != here:
-        identity.append(f"it was trained on a {there} model, this is a {here}")
-    stored = fp.get("structure_sha256")
-    if isinstance(stored, str) and stored:
-        mine = model_fingerprint(root, here)
-        if stored != mine["structure_sha256"]:
-            identity.append(f"it was trained on a model of another structure ({fp.get('num_parameters', '?')!s:.20} "
-                            f"parameters, structure {stored:.16}; this one: {mine['num_parameters']}, "
-                            f"{mine['structure_sha256']}), e.g. another number of layers")
-    if identity and allow_transfer:
-        logger.warning("applying a steering made for another model (allow_transfer): %s", "; ".join(identity))
-    modules = dict(root.named_modules())
-    absent = [s for s in steering.sites if s not in modules]
-    if absent:
-        problems.append(f"{len(absent)} of its {len(steering.sites)} sites do not exist here (e.g. {absent[:3]})")
-    for s in steering.sites:
-        if s in modules:
-            spec = _spec_from_attributes(modules[s])
-            if spec is not None and spec.dim != steering.specs[s].dim:
-                problems.append(f"site {s!r} has width {spec.dim} here but {steering.specs[s].dim} in the steering")
-    if identity and not allow_transfer:
-        hint = [] if problems else ["if this model is a fine-tune of that one, allow the transfer explicitly "
-                                    "(allow_transfer=True; lineas-llm --allow-transfer)"]
-        problems = identity + problems + hint
-    if problems:
-        raise IncompatibleSteeringError("steering does not fit this model: " + "; ".join(problems[:8]))
-
-

@@ -19,7 +19,6 @@ __all__ = [
     "is_norm",
     "find_sites",
     "site_specs",
-    "probe_site_specs",
 ]
 
 _NORM_NAME = re.compile(r"(?i)(rms|layer|group|batch|instance)?norm(\d*|\dd)$")
@@ -178,8 +177,9 @@ def _spec_from_attributes(module: nn.Module) -> SiteSpec | None:
 
 
 def site_specs(root: nn.Module, names: Iterable[str]) -> dict[str, SiteSpec]:
-    """Width and channel axis of each named site, read from module attributes. Modules whose width
-    cannot be read need :func:`probe_site_specs`."""
+    """Width and channel axis of each named site, read from module attributes. A module whose width
+    cannot be read this way (e.g. a norm without an affine) needs its :class:`SiteSpec` from the host,
+    measured from the shape of its output in one forward."""
     modules = dict(root.named_modules())
     out: dict[str, SiteSpec] = {}
     unknown = []
@@ -194,37 +194,6 @@ def site_specs(root: nn.Module, names: Iterable[str]) -> dict[str, SiteSpec]:
     if unknown:
         raise NoMatchingSiteError(
             f"cannot read the output width of {unknown[:5]} from their attributes; "
-            "use probe_site_specs(root, names, forward, inputs) to measure it with one forward pass"
+            "give their SiteSpec(dim, channel_axis) yourself, e.g. read from their output shape in one forward"
         )
-    return out
-
-
-def probe_site_specs(root: nn.Module, names: Iterable[str], forward: Callable, inputs) -> dict[str, SiteSpec]:
-    """Measure site widths with one forward pass: [B, C, H, W...] outputs (4-D or more) take axis 1,
-    others the last axis."""
-    modules = dict(root.named_modules())
-    names = list(names)
-    shapes: dict[str, torch.Size] = {}
-    handles = []
-    for name in names:
-        if name not in modules:
-            raise NoMatchingSiteError(f"site {name!r} is not a module of {type(root).__name__}")
-
-        def hook(_m, _a, out, name=name):
-            if isinstance(out, torch.Tensor):
-                shapes.setdefault(name, out.shape)
-
-        handles.append(modules[name].register_forward_hook(hook))
-    try:
-        with torch.no_grad():
-            forward(inputs)
-    finally:
-        for h in handles:
-            h.remove()
-    out = {}
-    for name in names:
-        if name not in shapes:
-            raise NoMatchingSiteError(f"site {name!r} did not produce a tensor during the probe forward")
-        s = shapes[name]
-        out[name] = SiteSpec(int(s[1]), 1) if len(s) >= 4 else SiteSpec(int(s[-1]), -1)
     return out

@@ -281,6 +281,71 @@ def test_concurrent_no_clobber_saves_keep_exactly_one_and_never_touch_the_umask(
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask
 
 
+@pytest.fixture(params=["hard link", "exclusive create"])
+def link_mode(request, monkeypatch):
+    """Both ways ``write_numbered`` publishes a file: a hard link, and an exclusive create where the file
+    system has no hard links."""
+    if request.param == "exclusive create":
+        import errno
+
+        def no_links(*_a, **_k):
+            raise OSError(errno.EPERM, "hard links not supported")
+
+        monkeypatch.setattr(os, "link", no_links)
+    return request.param
+
+
+def test_numbered_writer_never_replaces_a_number_taken_after_its_scan(tmp_path, monkeypatch, link_mode):
+    import lineas_engine.atomic as atomic
+    from lineas_engine import write_numbered
+
+    (tmp_path / "style_00001.safetensors").write_bytes(b"first")
+    real_scan = atomic._names_in
+
+    def scan_then_race(folder):
+        names = real_scan(folder)  # the writer's view: 00001 taken, 00002 free
+        (folder / "style_00002.safetensors").write_bytes(b"theirs")  # another writer takes 00002 meanwhile
+        return names
+
+    monkeypatch.setattr(atomic, "_names_in", scan_then_race)
+    path = write_numbered(tmp_path, "style", lambda stem: f"mine, written as {stem}".encode())
+    assert path == tmp_path / "style_00003.safetensors"
+    assert path.read_bytes() == b"mine, written as style_00003"  # contents that name their file follow it
+    assert (tmp_path / "style_00001.safetensors").read_bytes() == b"first"
+    assert (tmp_path / "style_00002.safetensors").read_bytes() == b"theirs"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"style_0000{i}.safetensors" for i in (1, 2, 3)]
+
+
+def test_eight_threads_writing_numbered_files_keep_eight(tmp_path, link_mode):
+    from lineas_engine import write_numbered
+
+    barrier = threading.Barrier(8)
+    paths: list = []
+
+    def write(i):
+        barrier.wait()  # all scan the same empty folder, then race for 00001
+        paths.append(write_numbered(tmp_path, "same", f"writer {i}".encode() * 1000, ext=".bin"))
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(p.name for p in paths) == [f"same_{i:05d}.bin" for i in range(1, 9)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"same_{i:05d}.bin" for i in range(1, 9)]  # no temp
+    assert sorted(p.read_bytes() for p in paths) == sorted(f"writer {i}".encode() * 1000 for i in range(8))
+
+
+def test_numbered_writer_refuses_a_prefix_that_leaves_the_folder(tmp_path):
+    from lineas_engine import write_numbered
+
+    (tmp_path / "in").mkdir()
+    for prefix in ("../out", "sub/name"):
+        with pytest.raises(LineasError, match="would leave the folder"):
+            write_numbered(tmp_path / "in", prefix, b"x")
+    assert list((tmp_path / "in").iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["in"]
+
+
 def test_atomic_write_refuses_non_regular_targets(tmp_path):
     from lineas_engine import atomic_write_bytes
 
