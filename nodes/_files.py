@@ -8,7 +8,15 @@ import os
 import re
 from pathlib import Path
 
-from ..lineas_engine import LineasError, SteeringRecord, load_record, save_or_rescue, save_record
+from ..lineas_engine import (
+    LineasError,
+    SteeringRecord,
+    load_record,
+    record_bytes,
+    save_or_rescue,
+    save_record,
+    write_numbered,
+)
 
 FOLDER = "lineas"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_. -]{0,100}")
@@ -49,7 +57,7 @@ def check_name(name: str) -> str:
     return name
 
 
-def save_ref(ref: SteeringRecord, name: str) -> Path:
+def save_ref(record: SteeringRecord, name: str) -> Path:
     """Save into output/lineas/<name>_NNNNN.safetensors (never overwrites, also under concurrent saves of
     the same name: the final step is an exclusive link, and a taken number moves on to the next; atomic).
     When that fails (disk full, a read-only output folder...), the steering is kept in
@@ -58,27 +66,13 @@ def save_ref(ref: SteeringRecord, name: str) -> Path:
 
     name = check_name(name)
     out_dir = Path(folder_paths.get_output_directory()) / FOLDER
-    named = dataclasses.replace(ref, name=name)
+    named = dataclasses.replace(record, name=name)
     return save_or_rescue(lambda _: _save_numbered(named, name, out_dir), out_dir / f"{name}.safetensors",
                           rescue=lambda spot: save_record(spot, named, overwrite=False))
 
 
-def _save_numbered(ref: SteeringRecord, name: str, out_dir: Path) -> Path:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    existing = {p.name for p in out_dir.iterdir()}
-    counter = 1
-    while f"{name}_{counter:05d}.safetensors" in existing:
-        counter += 1
-    for _ in range(1000):
-        path = out_dir / f"{name}_{counter:05d}.safetensors"
-        if path.resolve().parent != out_dir.resolve():
-            raise LineasError(f"steering name {name!r} would leave the output folder")
-        try:
-            save_record(path, ref, overwrite=False)
-            return path
-        except FileExistsError:  # another save took this number meanwhile
-            counter += 1
-    raise LineasError(f"could not find a free file name for {name!r} in {out_dir}; choose another name")
+def _save_numbered(record: SteeringRecord, name: str, out_dir: Path) -> Path:
+    return write_numbered(out_dir, name, record_bytes(record))
 
 
 def load_ref(filename: str) -> SteeringRecord:

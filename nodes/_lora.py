@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from ..lineas_engine import LineasError, SteeringRecord, atomic_write_bytes, folded_parameters
+from ..lineas_engine import LineasError, SteeringRecord, folded_parameters, write_numbered
 
 __all__ = ["MODELSPEC_ARCHITECTURES", "lora_state_dict", "lora_metadata", "save_lora", "thumbnail_data_uri"]
 
@@ -60,11 +60,11 @@ def _unpatched_sites(model, diffusion_model: torch.nn.Module, sites) -> torch.nn
     return root
 
 
-def lora_state_dict(model, ref: SteeringRecord, strength: float = 1.0):
+def lora_state_dict(model, record: SteeringRecord, strength: float = 1.0):
     """({"diffusion_model.<site>.diff": ..., ".diff_b": ...}, {site: reason} for sites left out), from
     the unpatched weights of ``model`` (a ComfyUI MODEL)."""
-    root = _unpatched_sites(model, model.get_model_object("diffusion_model"), ref.steering.sites)
-    params, report = folded_parameters(root, ref.steering, strength)
+    root = _unpatched_sites(model, model.get_model_object("diffusion_model"), record.steering.sites)
+    params, report = folded_parameters(root, record.steering, strength)
     sd: dict[str, torch.Tensor] = {}
     with torch.no_grad():
         for name, new in params.items():
@@ -87,43 +87,36 @@ def thumbnail_data_uri(image: torch.Tensor, size: int = 128) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def lora_metadata(ref: SteeringRecord, title: str, strength: float, skipped: dict[str, str],
+def lora_metadata(record: SteeringRecord, title: str, strength: float, skipped: dict[str, str],
                   thumbnail: str | None = None) -> dict[str, str]:
-    arch = MODELSPEC_ARCHITECTURES.get(ref.architecture, ref.architecture.lower())
+    arch = MODELSPEC_ARCHITECTURES.get(record.architecture, record.architecture.lower())
     meta = {
         "modelspec.sai_model_spec": "1.0.0",
         "modelspec.architecture": f"{arch}/lora",
         "modelspec.implementation": "sgm",
         "modelspec.title": title,
-        "modelspec.description": (f"LinEAS style steering '{ref.name}' folded into norm weights and biases at "
+        "modelspec.description": (f"LinEAS style steering '{record.name}' folded into norm weights and biases at "
                                   f"strength {strength:g} (diff / diff_b keys; apply with LoraLoaderModelOnly)"),
-        "lineas": json.dumps({"source": ref.name, "architecture": ref.architecture, "strength": strength,
-                              "not_expressed": skipped, "training": ref.training}, sort_keys=True, default=str),
+        "lineas": json.dumps({"source": record.name, "architecture": record.architecture, "strength": strength,
+                              "not_expressed": skipped, "training": record.training}, sort_keys=True, default=str),
     }
     if thumbnail:
         meta["modelspec.thumbnail"] = thumbnail
     return meta
 
 
-def save_lora(folder: Path, name: str, model, ref: SteeringRecord, strength: float = 1.0,
+def save_lora(folder: Path, name: str, model, record: SteeringRecord, strength: float = 1.0,
               thumbnail: str | None = None) -> tuple[Path, dict[str, str]]:
-    """Write ``folder/<name>_NNNNN.safetensors`` atomically, never over an existing file. Returns the path
-    and the sites left out (with the reason)."""
+    """Write ``folder/<name>_NNNNN.safetensors`` atomically under the next free number, never over an
+    existing file (also when another save takes that number meanwhile: ``write_numbered``). Returns the
+    path and the sites left out (with the reason)."""
     from safetensors.torch import save as st_save
 
-    sd, skipped = lora_state_dict(model, ref, strength)
+    sd, skipped = lora_state_dict(model, record, strength)
     if not sd:
-        raise LineasError(f"no site of steering '{ref.name}' can be folded into this model's weights "
+        raise LineasError(f"no site of steering '{record.name}' can be folded into this model's weights "
                           f"({'; '.join(f'{k}: {v}' for k, v in list(skipped.items())[:3])}), so it has no "
                           "LoRA form; save it with LinEAS Save Steering and apply it with LinEAS Apply (hooks)")
-    folder.mkdir(parents=True, exist_ok=True)
-    existing = {p.name for p in folder.iterdir()}
-    counter = 1
-    while f"{name}_{counter:05d}.safetensors" in existing:
-        counter += 1
-    path = folder / f"{name}_{counter:05d}.safetensors"
-    if path.resolve().parent != folder.resolve():
-        raise LineasError(f"LoRA name {name!r} would leave the folder {folder}")
-    meta = lora_metadata(ref, path.stem, strength, skipped, thumbnail)
-    atomic_write_bytes(path, st_save(sd, metadata=meta))
+    path = write_numbered(folder, name, lambda stem: st_save(
+        sd, metadata=lora_metadata(record, stem, strength, skipped, thumbnail)))
     return path, skipped
