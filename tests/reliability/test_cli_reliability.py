@@ -1,5 +1,5 @@
-"""Issue 12, `lineas-llm` side: every case of the bad-input probe (items 1, 2, 3, 4, 5, 7, 8, 10) as a
-regression test on the tiny real Llama ``T`` and a valid steering ``S`` for it. Each refusal is one line
+"""Bad input to `lineas-llm`, through its real entry point on the tiny real Llama ``T`` and a valid
+steering ``S`` for it. Each refusal is one line
 on stderr, a non-zero exit, and no output file."""
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def no_temp_files(folder: Path) -> bool:
     return not [p for p in folder.iterdir() if p.name.startswith(".") and p.name.endswith(".tmp")]
 
 
-# -- item 1: data loss ----------------------------------------------------------------------------------------
+# -- data loss -----------------------------------------------------------------------------------------------
 def test_train_never_replaces_an_existing_file_without_force(tiny_llama_dir, texts, capsys):
     notes = texts / "notes.txt"
     notes.write_text("my notes\n")
@@ -134,13 +134,13 @@ def test_a_diverged_map_is_refused_not_rescued(tmp_path, monkeypatch):
     assert not (tmp_path / "s.safetensors").exists() and not (tmp_path / "cache").exists()
 
 
-# -- item 2: a big file as --steering ---------------------------------------------------------------------------
+# -- a big file as --steering --------------------------------------------------------------------------------
 def test_a_model_file_as_steering_is_refused(tiny_llama_dir, capsys):
     refused(capsys, "not a LinEAS steering file", "generate", "--model", tiny_llama_dir, "--prompt", "hi", *GEN,
             "--steering", Path(tiny_llama_dir) / "model.safetensors")
 
 
-# -- item 3: perplexity with no scored token ----------------------------------------------------------------------
+# -- perplexity with no scored token -------------------------------------------------------------------------
 def test_perplexity_with_no_scored_token_is_an_error_not_1(tiny_llama_dir, texts, trained, capsys):
     from lineas_engine import LineasError
     from llm_sidecar.models import load_model
@@ -160,7 +160,7 @@ def test_perplexity_with_no_scored_token_is_an_error_not_1(tiny_llama_dir, texts
     assert not (texts / "rep").exists()
 
 
-# -- item 4: strength and other numbers, validated before any work ---------------------------------------------------
+# -- strength and other numbers, validated before any work ---------------------------------------------------
 @pytest.mark.parametrize("args,expect", [
     (["generate", "--prompt", "hi", "--strength", "nan"], "--strength must be a finite number"),
     (["generate", "--prompt", "hi", "--strength", "1e9"], "--strength must be a finite number in [-10.0, 10.0]"),
@@ -205,7 +205,7 @@ def test_a_diverged_map_is_never_saved_and_an_old_one_is_refused(tiny_llama_dir,
 
     s, meta = load_steering(trained)
     with torch.no_grad():
-        s.weight(s.sites[0]).mul_(1e36)  # what --lr 1e36 --steps 1 used to write
+        s.weight(s.sites[0]).mul_(1e36)  # what --lr 1e36 --steps 1 would write
     with pytest.raises(LineasError, match="diverged"):
         check_map(s)
     big = save_steering(texts / "big.safetensors", s, fingerprint=meta.fingerprint)  # finite: the engine keeps it
@@ -216,7 +216,7 @@ def test_a_diverged_map_is_never_saved_and_an_old_one_is_refused(tiny_llama_dir,
 
 
 def test_a_diverging_training_is_reported(tiny_llama_dir, texts, capsys, caplog):
-    """The probe's 'loss 0.197 -> 72' run: said on stderr, not only in the figures of the 'wrote' line."""
+    """A loss that rises (e.g. 0.197 -> 72) is said on stderr, not only in the figures of the 'wrote' line."""
     out = texts / "div.safetensors"
     args = [a for a in train_args(tiny_llama_dir, texts, out) if a not in ("--optimizer", "adam")]
     args[args.index("--lr") + 1], args[args.index("--steps") + 1] = "100", "5"
@@ -225,7 +225,7 @@ def test_a_diverging_training_is_reported(tiny_llama_dir, texts, capsys, caplog)
     assert "the training diverged; retrain with a lower --lr" in err + caplog.text  # a logged warning
 
 
-# -- item 5: the wrong model -------------------------------------------------------------------------------------
+# -- the wrong model -----------------------------------------------------------------------------------------
 def test_a_steering_for_2_layers_is_refused_on_3_layers_unless_transfer_is_asked(tiny_llama_dir, tiny_llama3_dir,
                                                                                   trained, capsys):
     err = refused(capsys, "another structure", "generate", "--model", tiny_llama3_dir, "--prompt", "hi", *GEN,
@@ -237,7 +237,7 @@ def test_a_steering_for_2_layers_is_refused_on_3_layers_unless_transfer_is_asked
     assert run(capsys, "generate", "--model", tiny_llama_dir, "--prompt", "hi", *GEN, "--steering", trained)[0] == 0
 
 
-# -- item 7: tracebacks instead of one line -----------------------------------------------------------------------
+# -- one line, never a traceback -----------------------------------------------------------------------------
 def test_a_text_file_named_gguf(texts, capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("LINEAS_CACHE", str(tmp_path / "cache"))
     fake = texts / "model.gguf"
@@ -254,7 +254,7 @@ def test_a_csv_field_over_the_csv_limit(tiny_llama_dir, texts, capsys):
 
 @pytest.mark.parametrize("value,kind", [("null", "null"), ('["a", "b"]', "list"), ("3", "int"), ("{}", "dict")])
 def test_jsonl_values_that_are_not_strings_are_refused(tiny_llama_dir, texts, capsys, value, kind):
-    """Item 8: null / list / number used to be trained on as 'None', "['a', 'b']", '3'."""
+    """null / list / number are refused, naming the line, not trained on as 'None', "['a', 'b']", '3'."""
     f = texts / "odd.jsonl"
     f.write_text('{"text": "a fine line"}\n{"text": ' + value + "}\n")
     refused(capsys, f"line 2: field 'text' is {kind}", "train", "--model", tiny_llama_dir, "--source", f,
@@ -406,9 +406,9 @@ def swallow_a_signal(sig) -> None:
 
 @pytest.mark.parametrize("sig,exc", [(signal.SIGTERM, "_Terminated"), (signal.SIGINT, "KeyboardInterrupt")])
 def test_a_signal_swallowed_by_a_library_still_stops_training_at_the_next_step(sig, exc):
-    """The CI hang of stop 15: the signal landed while a library ran a bare ``except:`` (model loading), the
-    handler's exception was swallowed, and training went on for its 1,000,000 steps. The signal is remembered:
-    the next training step raises it again."""
+    """A signal that lands while a library runs a bare ``except:`` (model loading) has its handler's exception
+    swallowed there; without more, training would go on for all its steps. The signal is remembered: the next
+    training step raises it again."""
     from llm_sidecar import cli
     from llm_sidecar.progress import progress_bar
 
@@ -431,7 +431,7 @@ def test_a_signal_swallowed_by_a_library_still_stops_training_at_the_next_step(s
 def test_a_signal_swallowed_while_the_model_loads_stops_every_command_before_it_writes(
         command, sig, code, word, tiny_llama_dir, trained, texts, tmp_path, monkeypatch, capsys):
     """Every command, not only training: the signal arrives during loading and a library swallows it. The command
-    stops right after the load (it used to run to the end and write its output, with exit code 0)."""
+    stops right after the load, writes nothing and exits with the signal's code."""
     import llm_sidecar.demo as demo
     import llm_sidecar.models as models
 
@@ -469,7 +469,7 @@ def test_a_signal_swallowed_while_the_model_loads_stops_every_command_before_it_
 def test_a_signal_swallowed_during_generation_stops_at_the_next_batch(command, tiny_llama_dir, trained, texts,
                                                                       tmp_path, monkeypatch, capsys):
     """The signal lands inside the first batch of generation and is swallowed there: the command stops before the
-    second batch (it used to generate every batch, then stop before writing)."""
+    second batch, not after generating every batch."""
     from transformers import GenerationMixin
 
     real_generate = GenerationMixin.generate
@@ -509,7 +509,7 @@ def test_progress_runs_its_check_before_each_item():
     assert seen == [0, 1]
 
 
-# -- item 10: exported folders get the usual permissions --------------------------------------------------------
+# -- exported folders get the usual permissions --------------------------------------------------------------
 def test_exported_folder_is_not_private(tiny_llama_dir, trained, texts, capsys):
     umask = os.umask(0o022)
     os.umask(umask)

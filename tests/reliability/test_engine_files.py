@@ -1,5 +1,5 @@
-"""Issue 12, engine side: the steering file format and the maps (items 2, 5, 7, 9, 10, 11), each case of
-the bad-input probe as a regression test."""
+"""Bad input to the engine: steering files that lie about their sizes, crafted metadata and headers,
+non-finite maps, the structure fingerprint, concurrent and numbered writers, non-regular targets."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def _v1_meta(sites: dict) -> str:
     return json.dumps({"format_version": 1, "engine_version": "0.1.0", "sites": sites})
 
 
-# -- item 2: memory from a small file ------------------------------------------------------------------------
+# -- memory from a small file --------------------------------------------------------------------------------
 @pytest.mark.parametrize("dim", [200_000_000, 10**13, 2**70])
 def test_huge_dim_in_metadata_is_refused_before_allocating(tmp_path, dim):
     meta = _v1_meta({"a": {"dim": dim, "channel_axis": -1}})
@@ -64,8 +64,9 @@ def test_huge_dim_in_metadata_is_refused_before_allocating(tmp_path, dim):
 @pytest.mark.slow
 def test_huge_dim_allocates_nothing(tmp_path):
     """The 2 KB file claiming 200,000,000 channels: measured in a fresh process, the peak memory does not move
-    (before the fix it allocated 1.5 GB before refusing). Slow (a child process imports torch); the fast
-    test above shows the same refusal comes before any allocation (10**13 and 2**70 used to crash in torch)."""
+    (reading the declared size would allocate 1.5 GB). Slow (a child process imports torch); the fast test
+    above shows the same refusal comes before any allocation (for 10**13 and 2**70 too, which torch cannot
+    allocate at all)."""
     p = tmp_path / "big.safetensors"
     p.write_bytes(st_save({"scale.a": torch.ones(2), "shift.a": torch.zeros(2)},
                           metadata={"lineas": _v1_meta({"a": {"dim": 200_000_000, "channel_axis": -1}})}))
@@ -96,7 +97,7 @@ def test_big_model_file_as_steering_reads_only_the_header(tmp_path):
     assert peak < 1 << 20
 
 
-# -- item 7: crafted metadata, a site named "" ----------------------------------------------------------------
+# -- crafted metadata, a site named "" -----------------------------------------------------------------------
 @pytest.mark.parametrize("metadata,match", [
     (["lineas", "x"], "metadata is a list"),
     ("lineas", "metadata is a str"),
@@ -144,7 +145,7 @@ def test_crafted_header_is_refused(tmp_path):
         load_steering(tmp_path / "y.safetensors")
 
 
-# -- item 9: NaN / inf maps, inverse overflow, NaN at padding ---------------------------------------------------
+# -- NaN / inf maps, inverse overflow, NaN at padding --------------------------------------------------------
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
 def test_save_refuses_non_finite_maps_and_writes_nothing(tmp_path, bad):
     s = _steering()
@@ -189,7 +190,7 @@ def test_nan_at_a_padding_position_does_not_reach_the_pooled_vector():
     torch.testing.assert_close(got[0], h[0, 2:].mean(0), rtol=1e-6, atol=1e-6)
 
 
-# -- item 11: checksum; old files still load -----------------------------------------------------------------
+# -- checksum; format 1 files still load ---------------------------------------------------------------------
 def test_bit_flip_in_tensor_data_is_refused(tmp_path):
     p = save_steering(tmp_path / "x.safetensors", _steering())
     data = bytearray(p.read_bytes())
@@ -220,11 +221,11 @@ def test_committed_result_files_still_load():
         s, meta = load_steering(f)
         assert s.num_parameters() > 0
         versions.append(meta.format_version)
-    assert 1 in versions, "the format-1 files written before the checksum must keep loading"
+    assert 1 in versions, "format 1 files (no checksum) must keep loading"
     assert set(versions) <= {1, 2}
 
 
-# -- item 5: the structure fingerprint ------------------------------------------------------------------------
+# -- the structure fingerprint -------------------------------------------------------------------------------
 def _llama(layers: int, seed: int = 0):
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(seed)
@@ -251,7 +252,7 @@ def test_structure_fingerprint_is_compared_with_an_explicit_transfer_override(tm
         load_steering(p, model=other_width, allow_transfer=True)  # the override never skips the width check
 
 
-# -- item 10: concurrent writers --------------------------------------------------------------------------------
+# -- concurrent writers --------------------------------------------------------------------------------------
 def test_concurrent_no_clobber_saves_keep_exactly_one_and_never_touch_the_umask(tmp_path):
     umask = os.umask(0o022)
     os.umask(umask)

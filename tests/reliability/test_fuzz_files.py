@@ -166,7 +166,7 @@ def test_fuzzed_steering_files_are_refused_or_identical(tmp_path):
 
 
 def test_fuzz_also_holds_for_format_1_files(tmp_path):
-    """Old files have no checksum: a data bit flip may load (as before), but never as a crash or a
+    """Format 1 files have no checksum: a data bit flip may load, but never as a crash or a
     non-finite map; everything else malformed is refused."""
     meta = json.dumps({"format_version": 1, "engine_version": "0.1.0", "sites": {"a": {"dim": 3, "channel_axis": -1}}})
     data = st_save({"scale.a": torch.tensor([1.0, 2.0, 3.0]), "shift.a": torch.tensor([0.0, 0.5, -0.5])},

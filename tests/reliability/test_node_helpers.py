@@ -1,4 +1,4 @@
-"""Issue 12, node side: image folders (item 6) and steering names and saves (items 6, 10), on the node
+"""Bad input to the node pack's helpers: image folders, steering names and saves, on the node
 pack's real helpers (ComfyUI's ``folder_paths`` for the save folder)."""
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ def test_16_bit_grayscale_is_scaled_exactly(pack, tmp_path):
     values = np.array([[0, 257, 32768], [65535, 1000, 60000], [1, 2, 65534]], dtype=np.uint16)
     Image.fromarray(values).save(tmp_path / "g16.png")
     with Image.open(tmp_path / "g16.png") as im:
-        assert im.mode.startswith("I")  # Pillow's mode for a 16-bit PNG; convert("RGB") clipped it to white
-        assert np.asarray(im.convert("RGB"))[0, 1, 0] == 255  # the old reading: 257 / 65535 (near black) -> white
+        assert im.mode.startswith("I")  # Pillow's mode for a 16-bit PNG; convert("RGB") clips it to white
+        assert np.asarray(im.convert("RGB"))[0, 1, 0] == 255  # Pillow's own reading: 257 / 65535 (near black) -> white
     got = pack.nodes._images.load_folder(tmp_path, resolution=3, resize="none")
     assert got.shape == (1, 3, 3, 3)
     expected = torch.from_numpy(values.astype(np.float32) / 65535.0)
