@@ -73,13 +73,13 @@ def _fold_site(module: nn.Module, steering: Steering, site: str, strength: float
 def _agrees(module, new, steering, site, strength, probes, tol) -> bool:
     for x in probes:
         try:
-            ref = module(x)
+            plain_out = module(x)
         except Exception:  # noqa: BLE001 - probing shapes the module may not accept
             continue
-        if not isinstance(ref, torch.Tensor):
+        if not isinstance(plain_out, torch.Tensor):
             return False
         try:
-            expect = steering.apply_to(site, ref, strength)
+            expect = steering.apply_to(site, plain_out, strength)
         except Exception:  # noqa: BLE001
             continue
         got = functional_call(module, new, (x,))

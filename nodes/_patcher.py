@@ -37,14 +37,14 @@ def architecture_of(model) -> str:
     return type(cfg).__name__ if cfg is not None else type(model.model).__name__
 
 
-def check_fits(model, ref: SteeringRecord) -> None:
+def check_fits(model, record: SteeringRecord) -> None:
     arch = architecture_of(model)
     try:
-        check_compatible(ref.steering, diffusion_model_of(model), fingerprint={"architecture": ref.architecture},
+        check_compatible(record.steering, diffusion_model_of(model), fingerprint={"architecture": record.architecture},
                          architecture=arch)
     except IncompatibleSteeringError as e:
         raise IncompatibleSteeringError(
-            f"steering '{ref.name}' was trained on a {ref.architecture} model and cannot be applied to this "
+            f"steering '{record.name}' was trained on a {record.architecture} model and cannot be applied to this "
             f"{arch} model ({e})"
         ) from None
 
@@ -140,13 +140,13 @@ def _hook_wrapper(steering: Steering, strength: float, sigma_start: float, sigma
     return wrapper
 
 
-def apply_steering(model, ref: SteeringRecord, strength: float, start_percent: float = 0.0,
+def apply_steering(model, record: SteeringRecord, strength: float, start_percent: float = 0.0,
                    end_percent: float = 1.0, invert: bool = False, mode: str = "hooks"):
     """A clone of ``model`` with the steering applied; ``model`` itself is never modified."""
-    return apply_steering_report(model, ref, strength, start_percent, end_percent, invert, mode)[0]
+    return apply_steering_report(model, record, strength, start_percent, end_percent, invert, mode)[0]
 
 
-def apply_steering_report(model, ref: SteeringRecord, strength: float, start_percent: float = 0.0,
+def apply_steering_report(model, record: SteeringRecord, strength: float, start_percent: float = 0.0,
                           end_percent: float = 1.0, invert: bool = False, mode: str = "hooks"):
     """(patched clone, report text). In mode "fold" the report names the sites that could not be folded
     (kept as hooks, e.g. DiT LayerNorms without an affine) and why."""
@@ -158,10 +158,10 @@ def apply_steering_report(model, ref: SteeringRecord, strength: float, start_per
         raise LineasError(f"need 0 <= start_percent <= end_percent <= 1, got {start_percent}, {end_percent}")
     if mode not in ("hooks", "fold"):
         raise LineasError(f"mode must be 'hooks' or 'fold', got {mode!r}")
-    check_fits(model, ref)
+    check_fits(model, record)
     if mode == "hooks" and strength != 0 and is_compiled(model):
         raise CompiledModelError(compiled_message("LineasApply in mode 'hooks'"))
-    steering = ref.steering.inverse() if invert else ref.steering
+    steering = record.steering.inverse() if invert else record.steering
     m = model.clone()
     if strength == 0:
         return m, "strength 0: model unchanged"

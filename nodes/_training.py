@@ -7,7 +7,7 @@ compares source and target only within the same noise level (the engine's groups
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -88,19 +88,62 @@ def _noised_samples(model, lat: torch.Tensor, percents: list[float], seed: int):
     return {"x": torch.cat(xs), "sigma": torch.cat(sig), "lineas_group": torch.tensor(grp)}
 
 
-def train_style(model, vae, target_images: torch.Tensor, source_images: torch.Tensor, conditioning=None, *,
-                steps: int, lr: float, optimizer: str, sparsity: float, preset: str, regex: str,
-                noise_start: float, noise_end: float, levels: int, batch_size: int, micro_batch: int, seed: int,
-                on_step=None, name: str = "style", method: str = "lineas", checkpointing: str = "auto"):
+@dataclass(frozen=True)
+class StyleTrainingOptions:
+    """The training knobs of :func:`train_style` (the training node builds one from its inputs).
+
+    ``preset`` is a key of :data:`PRESETS` and ``regex`` filters it (or is the whole choice for "custom
+    regex"); ``noise_start`` / ``noise_end`` are fractions of the sampling schedule (0 = pure noise, 1 = the
+    clean image) with ``levels`` evenly spaced levels between them (one level: ``noise_start`` alone);
+    ``micro_batch`` 0 = chosen from the free memory for iterative methods (see :func:`auto_micro_batch`),
+    the whole batch otherwise; ``checkpointing`` is a key of ``_memory.CHECKPOINTING``."""
+
+    steps: int
+    lr: float
+    optimizer: str
+    sparsity: float
+    preset: str
+    regex: str
+    noise_start: float
+    noise_end: float
+    levels: int
+    batch_size: int
+    micro_batch: int
+    seed: int
+    name: str = "style"
+    method: str = "lineas"
+    checkpointing: str = "auto"
+
+    def noise_percents(self) -> list[float]:
+        """The noise levels trained on, as fractions of the sampling schedule."""
+        if self.levels > 1:
+            return torch.linspace(self.noise_start, self.noise_end, self.levels).tolist()
+        return [self.noise_start]
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(steps=self.steps, lr=self.lr, optimizer=self.optimizer, gamma=self.sparsity,
+                           batch_size=self.batch_size, micro_batch_size=self.micro_batch or None, seed=self.seed,
+                           mask_key=None, schedule="cosine")
+
+
+def train_style(model, vae, target_images: torch.Tensor, source_images: torch.Tensor, conditioning=None,
+                options: StyleTrainingOptions | None = None, *, on_step=None, **knobs):
     """Returns (SteeringRecord, TrainResult). Must run outside inference mode (the node takes care).
 
-    Every forward goes through ComfyUI's sampling path under ``conditioning`` (nodes/_conditioning.py), so
-    each family gets the inputs sampling gives it. ``method="layer-wise"`` fits the baseline in closed
-    form instead (``steps``/``lr``/``optimizer``/``sparsity`` unused); every method reports the OT loss on
-    the whole source set before and after, on the same noise-level groups."""
-    method = get_method(method).name
-    if not 0.0 <= noise_start < noise_end <= 1.0 and not (levels == 1 and 0.0 <= noise_start <= 1.0):
-        raise LineasError(f"need 0 <= noise_start < noise_end <= 1, got {noise_start}, {noise_end}")
+    ``options`` holds the training knobs; they may also be given as keywords (the fields of
+    :class:`StyleTrainingOptions`), which build the options. Every forward goes through ComfyUI's sampling
+    path under ``conditioning`` (nodes/_conditioning.py), so each family gets the inputs sampling gives it.
+    A method that is not iterative (``"layer-wise"``) fits in closed form instead (``steps`` / ``lr`` /
+    ``optimizer`` / ``sparsity`` unused); every method reports the OT loss on the whole source set before
+    and after, on the same noise-level groups."""
+    if options is None:
+        options = StyleTrainingOptions(**knobs)
+    elif knobs:
+        raise TypeError(f"train_style: give the knobs in options or as keywords, not both ({sorted(knobs)})")
+    o = options
+    method = get_method(o.method).name
+    if not 0.0 <= o.noise_start < o.noise_end <= 1.0 and not (o.levels == 1 and 0.0 <= o.noise_start <= 1.0):
+        raise LineasError(f"need 0 <= noise_start < noise_end <= 1, got {o.noise_start}, {o.noise_end}")
     if target_images.shape[0] < 2 or source_images.shape[0] < 2:
         raise LineasError(f"need at least 2 target and 2 source images, got {target_images.shape[0]} and "
                           f"{source_images.shape[0]}")
@@ -108,16 +151,15 @@ def train_style(model, vae, target_images: torch.Tensor, source_images: torch.Te
     if is_compiled(model):
         raise CompiledModelError(compiled_message("training") + "; train on the MODEL before TorchCompileModel")
     check_conditioning(conditioning, arch)
-    percents = torch.linspace(noise_start, noise_end, levels).tolist() if levels > 1 else [noise_start]
-    src = _noised_samples(model, encode_images(vae, source_images, model), percents, seed)
-    tgt = _noised_samples(model, encode_images(vae, target_images, model), percents, seed + 1)
+    percents = o.noise_percents()
+    src = _noised_samples(model, encode_images(vae, source_images, model), percents, o.seed)
+    tgt = _noised_samples(model, encode_images(vae, target_images, model), percents, o.seed + 1)
     patcher = training_clone(model)
     train_dtype = training_compute_dtype(patcher)
     if train_dtype is not None:
         patcher.set_model_compute_dtype(train_dtype)
-    checkpointed = prepare_training(patcher, checkpointing)  # memory: checkpointing, load with a reserve
-    cfg = TrainConfig(steps=steps, lr=lr, optimizer=optimizer, gamma=sparsity, batch_size=batch_size,
-                      micro_batch_size=micro_batch or None, seed=seed, mask_key=None, schedule="cosine")
+    checkpointed = prepare_training(patcher, o.checkpointing)  # memory: checkpointing, load with a reserve
+    cfg = o.train_config()
     chunk = min(num_samples(src), cfg.micro_batch_size or cfg.batch_size)
 
     def train_in_sampling(model_call, base):
@@ -128,13 +170,13 @@ def train_style(model, vae, target_images: torch.Tensor, source_images: torch.Te
             return model_call(b["x"].to(device), b["sigma"].to(device))
 
         with trainable_weights(dm):  # no second copy of the weights; the originals are back afterwards
-            sites = choose_sites(dm, preset, regex)
+            sites = choose_sites(dm, o.preset, o.regex)
             # two images at the same noise level: sites that see only the conditioning are left out of presets
             specs = probe_widths(dm, sites, lambda: forward(slice_samples(src, slice(0, 2))),
-                                 drop_constant=PRESETS[preset] is not None)
+                                 drop_constant=PRESETS[o.preset] is not None)
             with inputs_copied(dm, sorted(set(specs) | set(_norm_modules(dm)))):
                 run_cfg = cfg
-                if get_method(method).iterative and not micro_batch:  # 0 = auto: free memory, one measured sample
+                if get_method(method).iterative and not o.micro_batch:  # 0 = auto: free memory, one measured sample
                     run_cfg = replace(cfg, micro_batch_size=auto_micro_batch(dm, Steering(specs).to(device), forward,
                                                                              src, cfg.batch_size, device, patcher))
                 memory["micro_batch"] = run_cfg.micro_batch_size
@@ -146,12 +188,13 @@ def train_style(model, vae, target_images: torch.Tensor, source_images: torch.Te
     latent_shape = (chunk,) + tuple(src["x"].shape[1:])
     with training_mode():  # newer ComfyUI: RoPE / fused kernels with autograd, as its own trainer sets it
         steering, result, dm, dtype, cast = run_in_sampling(patcher, conditioning, latent_shape, train_in_sampling,
-                                                            seed=seed)
-    ref = SteeringRecord.from_training(steering, result, cfg, name=name, fingerprint=model_fingerprint(dm, arch),
-                                       sites=len(steering.sites), noise_percents=percents,
-                                       target_images=int(target_images.shape[0]),
-                                       source_images=int(source_images.shape[0]), dtype=str(dtype),
-                                       compute_dtype=str(train_dtype or cast or dtype), **memory)
-    logger.info("trained %s (%s) on %d sites: loss %.4g -> %.4g", name, method, len(steering.sites),
+                                                            seed=o.seed)
+    record = SteeringRecord.from_training(steering, result, cfg, name=o.name,
+                                          fingerprint=model_fingerprint(dm, arch),
+                                          sites=len(steering.sites), noise_percents=percents,
+                                          target_images=int(target_images.shape[0]),
+                                          source_images=int(source_images.shape[0]), dtype=str(dtype),
+                                          compute_dtype=str(train_dtype or cast or dtype), **memory)
+    logger.info("trained %s (%s) on %d sites: loss %.4g -> %.4g", o.name, method, len(steering.sites),
                 result.losses[0], result.losses[-1])
-    return ref, result
+    return record, result

@@ -11,8 +11,8 @@ from ._memory import (
     training_bytes_per_sample,
 )
 from ._patcher import apply_steering_report, architecture_of
-from ._training import choose_sites, train_style
+from ._training import StyleTrainingOptions, choose_sites, train_style
 
 __all__ = ["run_in_sampling", "inputs_copied", "is_qk_norm", "probe_widths", "add_checkpointing",
            "checkpoint_units", "choose_micro_batch", "trainable_weights", "training_bytes_per_sample",
-           "apply_steering_report", "architecture_of", "choose_sites", "train_style"]
+           "apply_steering_report", "architecture_of", "choose_sites", "train_style", "StyleTrainingOptions"]
