@@ -1,16 +1,26 @@
-"""The pack's in-UI help, written for a ComfyUI user: a description for every node and a tooltip for every
-input and output, filled into a node's io.Schema by ``documented(schema)`` (a tooltip written in the
-schema itself wins). The longer help pages are web/docs/<node_id>.md, which ComfyUI's frontend shows in
-its node help panel (WEB_DIRECTORY, see the pack's __init__.py)."""
+"""The pack's in-UI help, written for a ComfyUI user: the description of every node and the tooltip of every
+input and output. This module is their only source: the node schemas carry none, and ``documented(schema)``
+fills them in (tests/nodes/test_help_truth.py checks that each text is here and only here, and that the
+help pages name every required input). The longer help pages are web/docs/<node_id>.md, which ComfyUI's
+frontend shows in its node help panel (WEB_DIRECTORY, see the pack's __init__.py).
+
+A tooltip is a string, or a function returning one where the text lists choices that are registered at
+run time (the training methods, the checkpointing modes)."""
 
 from __future__ import annotations
 
+from typing import Callable, Union
+
+Text = Union[str, Callable[[], str]]
+
 DESCRIPTIONS = {
     "LineasTrainStyle": (
-        "Learn a style steering: small per-channel scale-and-shift maps on the diffusion model's norm layers, "
-        "trained so that the model's activations on your SOURCE images (usually its own generations) look like "
-        "its activations on your TARGET style images. Saves the result to output/lineas/<name>_NNNNN.safetensors "
-        "and outputs it, with a loss curve and a summary. Copy the file to models/lineas to load it later."),
+        "Learn a style steering: small per-channel scale-and-shift maps on the diffusion model's norm layers "
+        "(or the layers a regex picks), trained so that the model's activations on your SOURCE images (usually "
+        "its own generations) look like its activations on your TARGET style images, under the CONDITIONING "
+        "you connect (a neutral prompt). Saves the result to output/lineas/<name>_NNNNN.safetensors and "
+        "outputs it, with a loss curve and a summary. LinEAS Load lists output/lineas too; copy the file to "
+        "models/lineas to keep it with your models."),
     "LineasApply": (
         "Apply a LinEAS steering to a model: returns a patched copy (the input model is untouched). Connect "
         "the output MODEL to a KSampler. strength 0 = unchanged, 1 = the trained style; stack several."),
@@ -31,41 +41,67 @@ DESCRIPTIONS = {
         "as weight differences are listed in the not_expressed output, never dropped silently."),
 }
 
+
+def _methods() -> str:
+    from ..lineas_engine import METHODS
+
+    return "; ".join(f"{k}: {m.description}" for k, m in METHODS.items())
+
+
+def _checkpointing() -> str:
+    from ._memory import CHECKPOINTING
+
+    return "; ".join(f"{k}: {v}" for k, v in CHECKPOINTING.items())
+
+
 _MODEL = "the diffusion model (from Load Checkpoint or any model loader)"
-TOOLTIPS: dict[str, dict[str, str]] = {
+TOOLTIPS: dict[str, dict[str, Text]] = {
     "LineasTrainStyle": {
-        "model": _MODEL + "; it is never modified",
+        "model": _MODEL + "; training runs on a clone and leaves this one as it was",
         "vae": "the VAE of the same checkpoint; it encodes the training images",
         "target_folder": "folder of STYLE images (the look you want), absolute or inside ComfyUI's input "
                          "folder, e.g. lineas_targets/illustration; ignored when target_images is connected",
         "source_folder": "folder of SOURCE images (what the model makes now); usually leave empty and connect "
                          "the model's own generations to source_images instead",
-        "steps": "optimisation steps; more = closer fit, longer training",
-        "learning_rate": "step size of the optimiser (0.01 suits adamw)",
+        "steps": "optimisation steps; more = closer fit, longer training (unused by layer-wise)",
+        "learning_rate": "step size of the optimiser (0.01 suits adamw; unused by layer-wise)",
         "optimizer": "adamw (default), adam, or sgd (the paper's LLM setting, needs a larger learning rate)",
-        "sparsity": "0 = every layer may change; larger values keep only the layers that matter most "
-                    "(sparse group lasso strength)",
-        "sites": "which layers get a map: all norm layers, only the ResNet or the transformer norms, or your own regex",
-        "custom_regex": "regular expression on layer names; narrows the preset, or is the whole choice with "
-                        "'custom regex'",
-        "noise_start": "lowest noise level used in training, as a fraction of the sampling schedule",
-        "noise_end": "highest noise level used in training, as a fraction of the sampling schedule",
-        "noise_levels": "how many noise levels between noise_start and noise_end; each image is seen at each level",
-        "resolution": "images are centre-cropped and resized to this square size before encoding",
+        "sparsity": "strength of the sparse group lasso: 0 = dense, every channel of every layer may change; "
+                    "larger values leave more layers and channels unchanged, keeping the ones that matter most",
+        "sites": "which layers get a map: all norm layers (DiT QK norms left out), only the ResNet or the "
+                 "transformer norms, all norms with the QK norms, or your own regex",
+        "custom_regex": "regular expression matched against whole layer names; narrows the preset, or is the "
+                        "whole choice with 'custom regex'",
+        "noise_start": "where the training noise levels begin, as a fraction of the sampling schedule: "
+                       "0 = pure noise (the first sampling step), 1 = the clean image",
+        "noise_end": "where the training noise levels end, as a fraction of the sampling schedule "
+                     "(1 = the clean image, no noise); must be above noise_start unless noise_levels is 1",
+        "noise_levels": "how many noise levels, evenly spaced from noise_start to noise_end (1 = noise_start "
+                        "only); each image is seen at each level",
+        "resolution": "the square size (pixels) the images are brought to before encoding; 0 = the model "
+                      "family's native size (512 for SD1.5, 768 for SD2, 1024 for SDXL / SD3 / Flux and "
+                      "most DiTs)",
         "resize": "crop: centre crop then resize; stretch: resize without keeping the aspect; none: images "
                   "must already be resolution x resolution",
-        "batch_size": "source samples per optimisation step (compared with all target samples)",
-        "micro_batch": "run each batch in chunks of this size to save memory (same result); 0 = all at once",
-        "seed": "seed of the training noise and sample order; the same seed and inputs give the same file",
+        "batch_size": "source samples (image x noise level) per optimisation step, each batch compared with "
+                      "all target samples",
+        "micro_batch": "run each batch in chunks of this many samples to bound memory (the same gradient); "
+                       "0 = auto: one sample is measured, and the whole batch runs at once if its activations "
+                       "fit in the free memory, else the largest chunk that fits",
+        "seed": "seed of the training noise and the sample order; it stays fixed after a Run, so pressing Run "
+                "again does not retrain",
         "name": "file name prefix: saved as output/lineas/<name>_00001.safetensors (letters, digits, _ - . and spaces)",
-        "method": "lineas: the paper's end-to-end training; layer-wise: a closed-form per-layer baseline, "
-                  "for comparison",
+        "method": _methods,
         "target_images": "IMAGE batch of style images; used instead of target_folder when connected",
         "source_images": "IMAGE batch of source images, e.g. the model's own generations from a KSampler + VAE Decode",
-        "conditioning": "optional prompt conditioning used while training (default: an empty, all-zero one)",
+        "conditioning": "the conditioning every training forward runs under: a CLIPTextEncode made with this "
+                        "model's own text encoder (+ FluxGuidance for Flux dev), of the prompt the source images "
+                        "come from or of a neutral or empty prompt; zeros are not the empty prompt, and most "
+                        "families need more than a text tensor",
+        "gradient_checkpointing": _checkpointing,
         "STEERING": "the trained steering: connect to LinEAS Apply, Save, Save as LoRA, Combine or Inspect",
-        "loss_curve": "plot of the training loss (it should go down)",
-        "summary": "text: sites, loss before and after, image counts and the saved file name",
+        "loss_curve": "plot of the training loss per step (it should go down); layer-wise: before and after",
+        "summary": "text: sites, loss at the first and last step, image counts and the saved file name",
     },
     "LineasApply": {
         "model": _MODEL + "; a patched copy is returned, this one is untouched",
@@ -75,9 +111,11 @@ TOOLTIPS: dict[str, dict[str, str]] = {
         "start_percent": "start applying at this fraction of the sampling schedule (0 = from the first step)",
         "end_percent": "stop applying at this fraction of the sampling schedule (1 = until the last step)",
         "invert": "apply the inverse map (for a steering trained to remove a concept, this adds it back)",
-        "mode": "hooks: works everywhere, any start/end; fold: baked into the norm weights, no extra cost, "
-                "whole schedule only",
+        "mode": "hooks: works on every site, any start/end; fold: baked into the norm weights, no extra cost, "
+                "whole schedule only (sites without weights to fold stay hooks, named in report)",
         "MODEL": "the steered model: connect to a KSampler",
+        "report": "what was applied: hooks, the number of sites and the strength; fold, the sites that could "
+                  "not be folded (kept as hooks) and why",
     },
     "LineasLoad": {
         "steering_name": "a .safetensors file in models/lineas or output/lineas (press R to refresh the list)",
@@ -91,14 +129,15 @@ TOOLTIPS: dict[str, dict[str, str]] = {
     },
     "LineasCombine": {
         "first": "the steering applied first",
-        "second": "the steering applied after the first",
+        "second": "the steering applied after the first (both must be for the same model family)",
         "first_strength": "strength of the first steering (as in LinEAS Apply)",
         "second_strength": "strength of the second steering (as in LinEAS Apply)",
         "STEERING": "one steering equal to the second applied after the first",
     },
     "LineasInspect": {
         "steering": "the steering to look at",
-        "plot": "bar plot: per site, how much it changes the activations (blue) and its support (grey)",
+        "plot": "bar plot: per site, how far its map is from the identity (mean |scale - 1| + mean |shift|, "
+                "blue) and its support (grey)",
         "text": "per-site listing: width, support, mean |scale - 1|, mean |shift|",
     },
     "LineasSaveLora": {
@@ -115,20 +154,23 @@ TOOLTIPS: dict[str, dict[str, str]] = {
 }
 
 
-def _output_key(out) -> str:
+def output_key(out) -> str:
+    """The key of an output in :data:`TOOLTIPS`: its display name, else its id, else its type."""
     return out.display_name or out.id or out.io_type
 
 
+def text_of(node_id: str, key: str) -> str | None:
+    """The tooltip of input or output ``key`` of ``node_id``, or None when this module has none."""
+    text = TOOLTIPS.get(node_id, {}).get(key)
+    return text() if callable(text) else text
+
+
 def documented(schema):
-    """Set the description (when empty) and the input/output tooltips of a node's io.Schema from the
-    tables above; returns the schema."""
-    texts = TOOLTIPS.get(schema.node_id, {})
-    if not schema.description:
-        schema.description = DESCRIPTIONS.get(schema.node_id, "")
+    """Fill the description and the input / output tooltips of a node's io.Schema from the tables above
+    (the schema itself carries none of them); returns the schema."""
+    schema.description = DESCRIPTIONS.get(schema.node_id, schema.description)
     for inp in schema.inputs or []:
-        if inp.id in texts:
-            inp.tooltip = texts[inp.id]
+        inp.tooltip = text_of(schema.node_id, inp.id) or inp.tooltip
     for out in schema.outputs or []:
-        if _output_key(out) in texts:
-            out.tooltip = texts[_output_key(out)]
+        out.tooltip = text_of(schema.node_id, output_key(out)) or out.tooltip
     return schema

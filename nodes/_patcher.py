@@ -1,4 +1,4 @@
-"""The only place that touches ComfyUI's ModelPatcher: clone, then patch under a key.
+"""Applying a steering to ComfyUI's ModelPatcher: clone, then patch under a key.
 
 Hooks path: an APPLY_MODEL wrapper on the clone attaches the engine's hooks to the diffusion model only
 for the duration of each model call (removed in ``finally``, also on interrupt), within the

@@ -12,25 +12,20 @@ from ._types import Steering
 class LineasApply(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return documented(io.Schema(
+        return documented(io.Schema(  # every description and tooltip: nodes/_help.py
             node_id="LineasApply",
             display_name="LinEAS Apply Steering",
             category="lineas",
-            description="Apply a LinEAS steering to a model (a patched clone; the input model is untouched). "
-                        "Stackable.",
             inputs=[
                 io.Model.Input("model"),
                 Steering.Input("steering"),
                 io.Float.Input("strength", default=1.0, min=-10.0, max=10.0, step=0.05),
                 io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.01),
                 io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01),
-                io.Boolean.Input("invert", default=False, tooltip="apply the inverse map (add the concept instead)"),
-                io.Combo.Input("mode", options=["hooks", "fold"], default="hooks",
-                               tooltip="fold: bake into the norm weights (no run-time cost, whole schedule)"),
+                io.Boolean.Input("invert", default=False),
+                io.Combo.Input("mode", options=["hooks", "fold"], default="hooks"),
             ],
-            outputs=[io.Model.Output(),
-                     io.String.Output(display_name="report",
-                                      tooltip="fold: which sites could not be folded (kept as hooks) and why")],
+            outputs=[io.Model.Output(), io.String.Output(display_name="report")],
         ))
 
     @classmethod

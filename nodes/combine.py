@@ -12,7 +12,7 @@ from ._types import Steering
 class LineasCombine(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return documented(io.Schema(
+        return documented(io.Schema(  # every description and tooltip: nodes/_help.py
             node_id="LineasCombine",
             display_name="LinEAS Combine Steerings",
             category="lineas",

@@ -12,7 +12,7 @@ from ._types import Steering
 class LineasLoad(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return documented(io.Schema(
+        return documented(io.Schema(  # every description and tooltip: nodes/_help.py
             node_id="LineasLoad",
             display_name="LinEAS Load Steering",
             category="lineas",
@@ -22,14 +22,14 @@ class LineasLoad(io.ComfyNode):
 
     @classmethod
     def execute(cls, steering_name) -> io.NodeOutput:
-        ref = load_ref(steering_name)
-        return io.NodeOutput(ref, ref.describe())
+        record = load_ref(steering_name)
+        return io.NodeOutput(record, record.describe())
 
 
 class LineasSave(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return documented(io.Schema(
+        return documented(io.Schema(  # every description and tooltip: nodes/_help.py
             node_id="LineasSave",
             display_name="LinEAS Save Steering",
             category="lineas",

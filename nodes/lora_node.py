@@ -16,7 +16,7 @@ from ._types import Steering
 class LineasSaveLora(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return documented(io.Schema(
+        return documented(io.Schema(  # every description and tooltip: nodes/_help.py
             node_id="LineasSaveLora",
             display_name="LinEAS Save as LoRA",
             category="lineas",

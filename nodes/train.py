@@ -8,13 +8,13 @@ import logging
 import torch
 from comfy_api.latest import io
 
-from ..lineas_engine import METHODS
+from ..lineas_engine import METHODS, get_method
 from ._files import save_ref
 from ._help import documented
 from ._images import RESIZE_MODES, conform, load_folder, resolve_folder
 from ._memory import CHECKPOINTING
 from ._plots import line_plot, line_plot_pil
-from ._training import PRESETS, train_style
+from ._training import PRESETS, StyleTrainingOptions, train_style
 from ._types import Steering
 
 logger = logging.getLogger(__name__)
@@ -31,53 +31,38 @@ def _images(folder: str, images, resolution: int, resize: str, what: str) -> tor
 class LineasTrainStyle(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return documented(io.Schema(
+        return documented(io.Schema(  # every description and tooltip: nodes/_help.py
             node_id="LineasTrainStyle",
             display_name="LinEAS Train Style Steering",
             category="lineas",
-            description="Learn per-channel affine maps on the diffusion model's norm layers so that its "
-                        "activations on the source images match those on the target style images.",
             inputs=[
                 io.Model.Input("model"),
                 io.Vae.Input("vae"),
-                io.String.Input("target_folder", default="", tooltip="folder of style images (absolute or in input/)"),
-                io.String.Input("source_folder", default="",
-                                tooltip="folder of source images (or connect source_images)"),
+                io.String.Input("target_folder", default=""),
+                io.String.Input("source_folder", default=""),
                 io.Int.Input("steps", default=200, min=1, max=100000),
                 io.Float.Input("learning_rate", default=0.01, min=1e-6, max=10.0, step=1e-4),
                 io.Combo.Input("optimizer", options=["adamw", "adam", "sgd"], default="adamw"),
-                io.Float.Input("sparsity", default=0.0, min=0.0, max=100.0, step=0.01,
-                               tooltip="gamma of the sparse group lasso (0 = dense)"),
+                io.Float.Input("sparsity", default=0.0, min=0.0, max=100.0, step=0.01),
                 io.Combo.Input("sites", options=list(PRESETS), default="all norms"),
-                io.String.Input("custom_regex", default="", tooltip="regex on module names (filters the preset)"),
-                io.Float.Input("noise_start", default=0.0, min=0.0, max=1.0, step=0.01,
-                               tooltip="first noise level, as a percent of the schedule (0 = pure noise); "
-                                       "0-100% x 8 levels beat 20-90% x 4 on the style benchmark"),
+                io.String.Input("custom_regex", default=""),
+                io.Float.Input("noise_start", default=0.0, min=0.0, max=1.0, step=0.01),
                 io.Float.Input("noise_end", default=1.0, min=0.0, max=1.0, step=0.01),
                 io.Int.Input("noise_levels", default=8, min=1, max=32),
-                io.Int.Input("resolution", default=0, min=0, max=4096, step=8,
-                             tooltip="training image size; 0 = the model family's native size (512 for SD1.5, "
-                                     "1024 for SDXL / SD3 / Flux and most DiTs)"),
+                io.Int.Input("resolution", default=0, min=0, max=4096, step=8),
                 io.Combo.Input("resize", options=list(RESIZE_MODES), default="crop"),
                 io.Int.Input("batch_size", default=16, min=2, max=4096),
-                io.Int.Input("micro_batch", default=0, min=0, max=4096,
-                             tooltip="bound memory: run the batch in chunks of this size (same gradient; 0 = auto: "
-                                     "the whole batch if it fits in free memory, else the largest chunk that does)"),
+                io.Int.Input("micro_batch", default=0, min=0, max=4096),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF,
                              control_after_generate=False),  # a Run must not retrain with a new seed
                 io.String.Input("name", default="style"),
-                io.Combo.Input("method", options=list(METHODS), default="lineas", optional=True,  # old prompts lack it
-                               tooltip="; ".join(f"{k}: {m.description}" for k, m in METHODS.items())),
+                io.Combo.Input("method", options=list(METHODS), default="lineas", optional=True),  # old prompts lack it
                 io.Image.Input("target_images", optional=True),
                 io.Image.Input("source_images", optional=True),
-                io.Conditioning.Input("conditioning", optional=True,
-                                      tooltip="needed: the conditioning every training forward runs under, e.g. "
-                                              "CLIPTextEncode of a neutral prompt (or empty) with this model's own "
-                                              "text encoder (+ FluxGuidance for Flux). Without it the node stops "
-                                              "with an error: zeros are not the empty prompt, and most families "
-                                              "need more than a text tensor"),
-                io.Combo.Input("gradient_checkpointing", options=list(CHECKPOINTING), default="auto", optional=True,
-                               tooltip="; ".join(f"{k}: {v}" for k, v in CHECKPOINTING.items())),
+                # required: training runs under it (_conditioning.check_conditioning); kept after the image
+                # inputs so that saved workflows keep their socket order
+                io.Conditioning.Input("conditioning"),
+                io.Combo.Input("gradient_checkpointing", options=list(CHECKPOINTING), default="auto", optional=True),
             ],
             outputs=[Steering.Output(display_name="STEERING"), io.Image.Output(display_name="loss_curve"),
                      io.String.Output(display_name="summary")],
@@ -105,6 +90,11 @@ class LineasTrainStyle(io.ComfyNode):
         from ._files import check_name
 
         check_name(name)
+        options = StyleTrainingOptions(steps=steps, lr=learning_rate, optimizer=optimizer, sparsity=sparsity,
+                                       preset=sites, regex=custom_regex, noise_start=noise_start,
+                                       noise_end=noise_end, levels=noise_levels, batch_size=batch_size,
+                                       micro_batch=micro_batch, seed=seed, name=name, method=method,
+                                       checkpointing=gradient_checkpointing)
         pbar = comfy.utils.ProgressBar(steps, node_id=cls.hidden.unique_id)
         losses: list[float] = []
         every = max(1, steps // 40)
@@ -126,14 +116,11 @@ class LineasTrainStyle(io.ComfyNode):
         with torch.inference_mode(False), torch.enable_grad():
             tgt = _images(target_folder, target_images, resolution, resize, "target").clone()
             src = _images(source_folder, source_images, resolution, resize, "source").clone()
-            ref, result = train_style(model, vae, tgt, src, conditioning, steps=steps, lr=learning_rate,
-                                      optimizer=optimizer, sparsity=sparsity, preset=sites, regex=custom_regex,
-                                      noise_start=noise_start, noise_end=noise_end, levels=noise_levels,
-                                      batch_size=batch_size, micro_batch=micro_batch, seed=seed, on_step=on_step,
-                                      name=name, method=method, checkpointing=gradient_checkpointing)
-        path = save_ref(ref, name)
-        how = f"{result.steps} steps" if method == "lineas" else "closed form, layer-wise"
-        summary = (f"{ref.describe()}\nloss {result.losses[0]:.4g} -> {result.losses[-1]:.4g} in {how} "
+            record, result = train_style(model, vae, tgt, src, conditioning, options, on_step=on_step)
+        path = save_ref(record, name)
+        trained_by = get_method(method)
+        how = f"{result.steps} steps" if trained_by.iterative else f"closed form, {trained_by.name}"
+        summary = (f"{record.describe()}\nloss {result.losses[0]:.4g} -> {result.losses[-1]:.4g} in {how} "
                    f"({result.seconds:.1f} s); {tgt.shape[0]} target / {src.shape[0]} source images x "
                    f"{noise_levels} noise levels\nsaved {path.name}")
-        return io.NodeOutput(ref, line_plot(result.losses, f"{method} OT loss: {name}"), summary)
+        return io.NodeOutput(record, line_plot(result.losses, f"{method} OT loss: {name}"), summary)
