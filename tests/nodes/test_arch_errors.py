@@ -1,5 +1,5 @@
-"""Regression tests for issue 13's failure table and the bad-input node errors: each failure is either
-fixed (the family trains) or a clear LineasError, and nothing is written."""
+"""The family failure table of docs/families.md and the bad-input node errors: each case either trains or
+stops with a clear LineasError, and nothing is written."""
 
 from __future__ import annotations
 
@@ -36,7 +36,9 @@ def _load(fam_dir, family, dtype="fp32"):
 
 
 def test_no_conditioning_is_a_clear_error_and_writes_nothing(comfy, fam_dir):
-    """Table row SDXL: 'must specify y ...' with no CONDITIONING; now the node asks for one."""
+    """SDXL without a CONDITIONING (the model itself would fail with 'must specify y ...'): the node asks for
+    one. ComfyUI refuses such a prompt already (the input is required); this is the node's own check, for
+    Python callers."""
     LineasError = _pack("lineas_engine").LineasError
     model, vae, _ = _load(fam_dir, "sdxl")
     before = _files(comfy)
@@ -101,8 +103,8 @@ def test_qk_norms_are_out_of_the_default_preset_and_train_when_asked(comfy, fam_
 def test_norms_that_are_not_sites_survive_the_in_place_residual_updates(comfy, fam_dir, family):
     """Sites chosen so a norm between them is not one (a custom regex; also what happens when the preset
     drops a site that sees only the conditioning, as txt_norm2 does on a Flux whose text stream does not yet
-    read the image): its saved input used to be changed in place by the block (``txt += ...``) before
-    backward, "modified by an inplace operation". Found by the DiT style benchmark."""
+    read the image): without a copy of its input, the block changes that saved input in place
+    (``txt += ...``) before backward, "modified by an inplace operation"."""
     model, vae, cond = _load(fam_dir, family)
     regex = r"double_blocks\.0\.img_norm1|single_blocks\.0\.pre_norm"
     ref = _node(comfy, "LineasTrainStyle", **_train_inputs(model, vae, cond, f"gap_{family}", sites="custom regex",

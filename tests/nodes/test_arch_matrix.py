@@ -2,8 +2,8 @@
 weights, real key names, loaded by UNETLoader's function, a CONDITIONING of real shapes) through the
 nodes: train (loss decreases), apply with hooks and with fold, sample 2 steps with KSampler; strength 0
 bit-identical to the unsteered model; hooks and fold agree; save -> load identical; fp32 / bf16 / fp16,
-fp8 weights for SDXL and Flux. Plus a regression test for every failure of issue 13's table and the
-bad-input errors (each a LineasError, nothing written)."""
+fp8 weights for SDXL and Flux. The failure table of docs/families.md and the bad-input errors (each a
+LineasError, nothing written) are in test_arch_errors.py."""
 
 from __future__ import annotations
 
@@ -93,8 +93,8 @@ def _check_family(comfy, fam_dir, family, dtype, real_width=False):
     ref, _curve, summary = _node(comfy, "LineasTrainStyle", **_train_inputs(model, vae, cond, name))
     assert ref.architecture == fam.config_class
     t = ref.training
-    # fp16: the underflow regression: nearly every channel's scale moves (fp16 compute used to leave 9 of
-    # 2432 channels moved and the loss flat)
+    # fp16: no underflow: nearly every channel's scale moves (training in fp16 compute leaves 9 of 2432
+    # channels moved and the loss flat)
     moved = sum(int(((ref.steering.weight(s) - 1).abs() > 0).sum()) for s in ref.steering.sites)
     total = sum(ref.steering.specs[s].dim for s in ref.steering.sites)
     assert moved >= 0.9 * total, f"{moved}/{total} channels moved ({t['compute_dtype']})"

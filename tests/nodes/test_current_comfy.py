@@ -1,6 +1,6 @@
-"""What newer ComfyUI (0.33: comfy_kitchen kernels, Dynamic VRAM, quantized weights, TorchCompileModel) changed,
-one regression test per cause; each runs on every tree the suite is given, and where a tree lacks the
-feature the test says so in its skip reason."""
+"""Features of newer ComfyUI (0.33: comfy_kitchen kernels, Dynamic VRAM, quantized weights, TorchCompileModel),
+one test per feature; each runs on every tree the suite is given, and where a tree lacks the feature the
+test says so in its skip reason."""
 
 from __future__ import annotations
 
@@ -173,8 +173,8 @@ def test_fused_qk_sites_are_said_never_dropped(comfy, fam_dir):
 
 
 def test_torch_compiled_model_is_a_clear_error(comfy, fam_dir):
-    """Hooks and TorchCompileModel: compiled first gave NoMatchingSiteError, hooks first a partly steered
-    output. Now: a CompiledModelError that says where to put TorchCompileModel."""
+    """Hooks and TorchCompileModel do not mix (compiled first, the hooks find no site; hooks first, the output
+    is partly steered): a CompiledModelError that says where to put TorchCompileModel."""
     from comfy_api.torch_helpers import set_torch_compile_wrapper
 
     CompiledModelError = _pack("nodes._patcher").CompiledModelError

@@ -1,4 +1,4 @@
-"""bench/diffusion's DiT variant (the QK-norm measurement of issue 13) against a real ComfyUI: the 16-channel
+"""bench/diffusion's DiT variant (the QK-norm measurement of docs/families.md) against a real ComfyUI: the 16-channel
 VAE's scaling is Flux's latent format as ComfyUI applies it, the DiT file loads through UNETLoader's function
 as FluxSchnell and ComfyUI's flow parametrisation is the one trained, and the recipe + benchmark run end to
 end through the nodes with both site presets."""

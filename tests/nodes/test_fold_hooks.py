@@ -62,7 +62,7 @@ def _apply(model, ref, strength, mode):
 
 
 def test_fold_strength_one_then_half_is_x1_5_not_x2(tiny):
-    """Regression: the second fold used to be computed from the weights the first one left applied."""
+    """The second fold is computed from the base weights, not from those the first one left applied."""
     model, pos, neg = tiny
     dm = model.get_model_object("diffusion_model")
     base_w = dm.get_parameter(f"{SITE}.weight").detach().clone()
