@@ -87,7 +87,9 @@ def chat_from_meta(tokenizer, extra: dict, chat: bool | None, system: str | None
         fmt = resolve_chat(tokenizer, chat, system, model=model)  # raw text (--system is then an error)
     else:
         fmt = resolve_chat(tokenizer, chat, system if system is not None else rec.get("system"), model=model)
-    if (fmt is not None) != bool(rec.get("enabled")) or (fmt and fmt.system != rec.get("system")):
+    if fmt is not None and not rec.get("enabled"):  # a raw-text steering used in chat: it carries over
+        logger.info("chat formatting for a steering trained on raw text")
+    elif (fmt is not None) != bool(rec.get("enabled")) or (fmt and fmt.system != rec.get("system")):
         logger.warning("chat formatting differs from the one this steering was trained with (%s)", rec)
     return fmt
 

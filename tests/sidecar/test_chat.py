@@ -60,6 +60,10 @@ def test_train_generate_eval_use_the_recorded_formatting(chat_dir, texts, tmp_pa
     assert main(["train", "--model", chat_dir, "--source", str(texts / "toxic.txt"), "--target",
                  str(texts / "clean.jsonl"), "--out", str(plain), *FAST, "--no-chat"]) == 0
     assert load_steering(plain)[1].extra["chat"] == {"enabled": False}
+    default = texts / "default.safetensors"  # raw text unless asked, even for a model with a chat template
+    assert main(["train", "--model", chat_dir, "--source", str(texts / "toxic.txt"), "--target",
+                 str(texts / "clean.jsonl"), "--out", str(default), *FAST]) == 0
+    assert load_steering(default)[1].extra["chat"] == {"enabled": False}
 
     tok = load_model(chat_dir, "cpu").tokenizer
     rendered = ChatFormat(system="be kind").format(tok, "you are a")

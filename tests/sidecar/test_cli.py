@@ -31,8 +31,23 @@ def test_train_writes_a_checked_steering(tiny_llama_dir, texts, capsys):
     assert steering.sites == ["model.layers.0.post_attention_layernorm", "model.layers.1.post_attention_layernorm"]
     assert meta.fingerprint["architecture"] == "LlamaForCausalLM"
     assert meta.training["method"] == "lineas" and meta.training["loss_last"] < meta.training["loss_first"]
-    assert len(meta.extra["training_text_hashes"]) == 16
+    # the defaults: scale-only maps, kept fluent on the 64 embedded neutral passages (hashed with the 16 texts)
+    assert meta.training["maps"] == "scale"
+    assert all(float(steering.bias(s).detach().abs().max()) == 0 for s in steering.sites)
+    assert meta.extra["preserve"]["texts"] == 64 and len(meta.extra["preserve_text_hashes"]) == 64
+    assert len(meta.extra["training_text_hashes"]) == 16 + 64
     assert steering.support() > 0
+
+
+def test_train_opt_outs_give_the_papers_maps(tiny_llama_dir, texts):
+    from lineas_engine import load_steering
+
+    out = texts / "paper.safetensors"
+    assert _train(tiny_llama_dir, texts, out, "--maps", "affine", "--no-preserve") == 0
+    steering, meta = load_steering(out)
+    assert meta.training["maps"] == "affine"
+    assert any(float(steering.bias(s).detach().abs().max()) > 0 for s in steering.sites)
+    assert "preserve" not in meta.extra and len(meta.extra["training_text_hashes"]) == 16
 
 
 def test_train_from_csv_columns_layerwise_and_sparse(tiny_llama_dir, texts):
@@ -103,7 +118,7 @@ def test_export_matches_hooked_and_loads_with_plain_transformers(tiny_llama_dir,
     from lineas_engine import load_steering, steered
 
     out = texts / "s.safetensors"
-    _train(tiny_llama_dir, texts, out)
+    _train(tiny_llama_dir, texts, out, "--maps", "affine")  # shifts too: the harder fold
     steering, _ = load_steering(out)
     assert any(bool((steering.bias(s) != 0).any()) for s in steering.sites)
     exp = texts / "exported"
@@ -128,7 +143,7 @@ def test_export_matches_hooked_and_loads_with_plain_transformers(tiny_llama_dir,
 
 def test_export_refuses_unfoldable_shift_on_gemma(tiny_gemma_dir, texts, capsys):
     out = texts / "g.safetensors"
-    assert _train(tiny_gemma_dir, texts, out) == 0
+    assert _train(tiny_gemma_dir, texts, out, "--maps", "affine") == 0  # Gemma's shifts have no exact fold
     capsys.readouterr()
     exp = texts / "gexp"
     assert main(["export", "--model", tiny_gemma_dir, "--steering", str(out), "--out", str(exp),

@@ -11,6 +11,7 @@ def test_demo_runs_end_to_end(tiny_llama_dir, tmp_path, capsys):
     assert main(["demo", "--model", tiny_llama_dir, "--n", "4", "--steps", "3", "--eval-prompts", "4",
                  "--neutral", "4", "--out", str(folder)]) == 0
     text = capsys.readouterr().out
+    assert "KL to the unsteered model" in text and "KL (nats/token)" in text
     assert "| none | 0 |" in text and "| lineas | 1 |" in text and "| lineas_cal | 1 |" in text
     assert "calibrated to a +10% perplexity budget on 50 other neutral sentences" in text
     out = folder / "detox.safetensors"
@@ -20,11 +21,13 @@ def test_demo_runs_end_to_end(tiny_llama_dir, tmp_path, capsys):
     assert (folder / "report" / "results.md").is_file() and (folder / "model" / "config.json").is_file()
     from transformers import AutoModelForCausalLM
 
-    assert AutoModelForCausalLM.from_pretrained(folder / "model").config.mlp_bias
+    # scale maps fold into the norm weights: the exported folder keeps the model's own structure (no new biases)
+    assert not AutoModelForCausalLM.from_pretrained(folder / "model").config.mlp_bias
     from lineas_engine import load_steering
 
     meta = load_steering(out)[1]
-    assert 0 <= meta.training["calibration"]["strength"] <= 1 and len(meta.extra["calibration_text_hashes"]) == 50
+    assert meta.training["maps"] == "scale" and meta.extra["preserve"]["texts"] == 64
+    assert 0 <= meta.training["calibration"]["strength"] <= 4 and len(meta.extra["calibration_text_hashes"]) == 50
 
 
 def test_demo_data_is_disjoint_and_real():

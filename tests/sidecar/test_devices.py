@@ -29,11 +29,12 @@ def test_train_generate_eval_export_offloaded_equal_single_device(tiny_llama_dir
     from lineas_engine import load_steering
 
     one, spread = texts / "one.safetensors", texts / "spread.safetensors"
-    assert _train(tiny_llama_dir, texts, one) == 0
+    assert _train(tiny_llama_dir, texts, one, "--maps", "affine") == 0  # shifts too
     cpu = FAST.index("--device")
     fast_no_device = FAST[:cpu] + FAST[cpu + 2:]
     assert main(["train", "--model", tiny_llama_dir, "--source", str(texts / "toxic.txt"), "--target",
-                 str(texts / "clean.jsonl"), "--out", str(spread), *fast_no_device, *_dispatch(tmp_path)]) == 0
+                 str(texts / "clean.jsonl"), "--out", str(spread), "--maps", "affine", *fast_no_device,
+                 *_dispatch(tmp_path)]) == 0
     a, b = load_steering(one)[0], load_steering(spread)[0]
     for s in a.sites:
         torch.testing.assert_close(a.weight(s), b.weight(s), atol=1e-5, rtol=0)

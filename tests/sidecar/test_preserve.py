@@ -43,7 +43,7 @@ def test_train_with_preserve_keeps_the_steered_model_nearer_on_those_texts(tiny_
     from lineas_engine import load_steering
 
     free, kept = texts / "free.safetensors", texts / "kept.safetensors"
-    assert _train(tiny_llama_dir, texts, free) == 0
+    assert _train(tiny_llama_dir, texts, free, "--no-preserve") == 0
     assert _train(tiny_llama_dir, texts, kept, "--preserve", str(texts / "neutral.txt"),
                   "--preserve-weight", "1e6") == 0
     out = capsys.readouterr().out
@@ -91,8 +91,9 @@ def test_preserve_on_gemma_and_through_the_chat_template(model, texts, request):
 
 
 @pytest.mark.parametrize("extra, match", [
-    (["--preserve-weight", "0.5"], "--preserve-weight 0.5 only applies to --preserve FILE"),
-    (["--preserve", "NEUTRAL", "--method", "layerwise"], "--preserve needs --method lineas"),
+    (["--no-preserve", "--preserve-weight", "0.5"], "--no-preserve turns the fluency term off"),
+    (["--no-preserve", "--preserve", "NEUTRAL"], "--no-preserve turns the fluency term off"),
+    (["--preserve", "NEUTRAL", "--method", "layerwise"], "--preserve needs an iterative method"),
     (["--preserve", "MISSING"], "MISSING"),
     (["--preserve", "NEUTRAL", "--calibrate-on", "NEUTRAL"], "--calibrate-on texts were used to --preserve"),
 ])
