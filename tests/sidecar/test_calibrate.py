@@ -40,7 +40,7 @@ def test_strength_search_meets_the_budget_tightly_in_few_evaluations(curve, budg
 
 
 def test_strength_search_on_the_measured_curve_needs_three_evaluations():
-    """The calibration of the default run (docs/results/llm_issue14.md): +33.4 % at 1, +8.6 % at 0.5,
+    """The calibration of the default run (docs/results/llm_detox_log.md): +33.4 % at 1, +8.6 % at 0.5,
     +18.4 % at 0.75, +13.0 % at 0.625: a power law through those (p about 1.9) needs strength 1 and two
     guesses, where bisection needed 7 evaluations."""
     pts = [(0.5, 0.086), (0.625, 0.130), (0.75, 0.184), (1.0, 0.334)]
