@@ -1,4 +1,4 @@
-"""Node-pack benchmark on a real ComfyUI (in-process), every family of bench.comfy_families in one run.
+"""Node-pack benchmark on a real ComfyUI (in-process), every family of devtools.comfy_families in one run.
 
 Per family (ComfyUI's own class at reduced width/depth, random weights, loaded by UNETLoader's function,
 a CONDITIONING of the family's real shapes; --device cpu: fp32 at 64 px), ratios as min over interleaved
@@ -79,7 +79,7 @@ def time_family(name: str, folder: Path, args, device) -> dict:
     import comfy.model_management as mm
 
     import nodes
-    from bench.comfy_families import FAMILIES, load_family, make_conditioning
+    from devtools.comfy_families import FAMILIES, load_family, make_conditioning
 
     p, eng = _pack(), _engine()
     fam = FAMILIES[name]
@@ -253,7 +253,7 @@ def meta_check(folder: Path, res: int = 256) -> dict:
     import comfy.model_management as mm
 
     from bench import comfy_memory as cm
-    from bench.comfy_families import FAMILIES, load_family
+    from devtools.comfy_families import FAMILIES, load_family
 
     spec = cm.reduced_spec("sdxl")
     loaded = load_family(FAMILIES["sdxl"], folder, weight_dtype="fp32")
@@ -278,7 +278,7 @@ def _gib(b: float) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench comfy", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--families", default="all", help="comma-separated names of bench.comfy_families (default all)")
+    ap.add_argument("--families", default="all", help="comma-separated names of devtools.comfy_families (default all)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--res", type=int, default=64, help="image size of the timing runs (px)")
     ap.add_argument("--batch", type=int, default=4)
@@ -300,18 +300,18 @@ def main(argv=None) -> int:
     if args.node_defaults:
         args.batch = 16
 
-    from bench.comfy_runtime import InProcessComfy, comfy_available
+    from devtools.comfy_runtime import InProcessComfy, comfy_available
 
     ok, why = comfy_available()
     if not ok:
         print(f"skipped: {why}")
         return 0
     InProcessComfy(Path(tempfile.mkdtemp(prefix="lineas-bench-")), tiny_checkpoint=False, cpu=args.device == "cpu")
-    from bench.comfy_families import FAMILIES
+    from devtools.comfy_families import FAMILIES
 
     device = torch.device(args.device)
     CLOCK["kind"] = args.clock or ("cpu" if device.type == "cpu" else "wall")
-    from bench.comfy_runtime import families_dir
+    from devtools.comfy_runtime import families_dir
 
     folder = families_dir()
     names = list(FAMILIES) if args.families == "all" else args.families.split(",")

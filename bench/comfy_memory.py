@@ -251,9 +251,9 @@ def count(spec: tuple, latent: tuple[int, int], weight_dtype: torch.dtype, compu
 
 # -- validation of the count: one real training step, its peak RSS ------------------------------------------
 def reduced_spec(family: str) -> tuple:
-    """(config class, unet_config, cond) of the reduced UNet build of ``family`` (bench.comfy_families), as
+    """(config class, unet_config, cond) of the reduced UNet build of ``family`` (devtools.comfy_families), as
     :data:`FULL` gives the released ones."""
-    from bench.comfy_families import FAMILIES
+    from devtools.comfy_families import FAMILIES
 
     fam = FAMILIES[family]
     cfg = fam.config()
@@ -273,7 +273,7 @@ def measure_step(family: str, res: int, helpers, folder, trainable_weights) -> d
     import comfy.model_management as mm
     import psutil
 
-    from bench.comfy_families import FAMILIES, load_family
+    from devtools.comfy_families import FAMILIES, load_family
 
     fam = FAMILIES[family]
     spec = reduced_spec(family)
@@ -318,7 +318,7 @@ def main() -> None:
     import tempfile
     from pathlib import Path
 
-    from bench.comfy_runtime import InProcessComfy, families_dir
+    from devtools.comfy_runtime import InProcessComfy, families_dir
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--family", default="sdxl")

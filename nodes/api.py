@@ -1,4 +1,4 @@
-"""The pack's Python surface for benchmarks and tools (bench/comfy_bench.py, bench/comfy_families.py): the
+"""The pack's Python surface for benchmarks and tools (bench/comfy_bench.py, devtools/comfy_families.py): the
 pieces the nodes are built from, under stable names. Everything else in nodes/_*.py is private."""
 
 from ._conditioning import run_in_sampling

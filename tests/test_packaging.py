@@ -64,14 +64,15 @@ def test_node_archive_has_the_pack_and_not_the_developer_files():
                    "web/docs/LineasTrainStyle.md"):
         assert needed in files, needed
     for f in files:
-        assert not f.startswith(("bench/", "tests/", "docs/results/", "docs/templates/", ".ci/", "scripts/")), f
+        assert not f.startswith(("bench/", "devtools/", "tests/", "docs/results/", "docs/templates/", ".ci/",
+                                 "scripts/")), f
     size = sum((REPO / f).stat().st_size for f in files)
     assert size < 2_000_000, f"node archive would be {size / 1e6:.1f} MB"
 
 
 def test_comfyui_reads_the_pack_config(pyproject):
     """ComfyUI's own parser of a pack's pyproject (comfy_config, kept in sync with the registry's types)."""
-    from bench.comfy_runtime import COMFY, comfy_available
+    from devtools.comfy_runtime import COMFY, comfy_available
 
     ok, why = comfy_available()
     if not ok:

@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from bench.comfy_runtime import init_default_, require_comfy
 from bench.diffusion.unet import run_training
+from devtools.comfy_runtime import init_default_, require_comfy
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class DiTConfig:
     def arch(self) -> dict:
         """The unet_config ComfyUI's FluxSchnell builds the model from (detection sets hidden 3072 / 24
         heads for Flux whatever the file holds: the load sets these back, see ``load_model``)."""
-        from bench.comfy_families import with_current_keys
+        from devtools.comfy_families import with_current_keys
 
         return with_current_keys("flux_schnell", {
             "image_model": "flux", "in_channels": 16, "patch_size": 2, "out_channels": 16,

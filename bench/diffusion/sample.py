@@ -83,7 +83,7 @@ def generate(ckpt: Path, n: int = 16, seed: int = 0, steps: int = 20, comfy=None
     """n images [n, size, size, 3] uint8 from ``ckpt`` through ComfyUI's nodes. ``comfy``: an
     ``InProcessComfy`` to reuse (ComfyUI initialises once per process); else one is started."""
     if comfy is None:
-        from bench.comfy_runtime import InProcessComfy
+        from devtools.comfy_runtime import InProcessComfy
 
         comfy = InProcessComfy(Path(tempfile.mkdtemp(prefix="lineas-diffusion-")), tiny_checkpoint=False)
     name = link_checkpoint(comfy, ckpt)

@@ -24,7 +24,7 @@ import torch
 from bench.diffusion import metrics
 from bench.diffusion.data import STYLES, list_items, load_image, split_items
 from bench.diffusion.sample import link_checkpoint, loader_nodes, read_images, sampler_nodes, save_png, tile
-from bench.graphs import apply_node, train_node
+from devtools.graphs import apply_node, train_node
 from lineas_engine import atomic_write_bytes, load_steering
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ def run(cfg: BenchConfig, out: Path, comfy=None) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if comfy is None:
-        from bench.comfy_runtime import InProcessComfy
+        from devtools.comfy_runtime import InProcessComfy
 
         comfy = InProcessComfy(Path(tempfile.mkdtemp(prefix="lineas-steer-bench-")), tiny_checkpoint=False)
     judge = Judge.load(Path(cfg.judge))

@@ -45,7 +45,7 @@ class DiTBenchConfig(BenchConfig):
 
 
 def _node(host, node_id: str, **inputs):
-    from bench.comfy_runtime import node_class
+    from devtools.comfy_runtime import node_class
 
     cls = node_class(host.nodes, node_id, f"bench-{node_id}")
     with torch.inference_mode():  # as ComfyUI's executor runs every node
@@ -53,7 +53,7 @@ def _node(host, node_id: str, **inputs):
 
 
 def load_model(path: Path, dit: DiTConfig):
-    from bench.comfy_families import Family, load_file
+    from devtools.comfy_families import Family, load_file
 
     fam = Family("flux_styles", CONFIG_CLASS, dit.arch(), (dit.tokens, CONTEXT_DIM), POOLED_DIM)
     return load_file(fam, path, dit.arch(), "fp32")
@@ -92,7 +92,7 @@ def run(cfg: DiTBenchConfig, out: Path, host=None) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if host is None:
-        from bench.comfy_runtime import InProcessComfy
+        from devtools.comfy_runtime import InProcessComfy
 
         host = InProcessComfy(Path(tempfile.mkdtemp(prefix="lineas-steer-dit-")), tiny_checkpoint=False)
     import comfy.sd as comfy_sd

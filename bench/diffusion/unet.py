@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from bench.comfy_runtime import init_default_, require_comfy
 from bench.diffusion.optim import EMA, adamw
+from devtools.comfy_runtime import init_default_, require_comfy
 
 log = logging.getLogger(__name__)
 

@@ -19,9 +19,9 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from bench.comfy_runtime import init_default_, require_comfy
 from bench.diffusion.data import StyleData, augment
 from bench.diffusion.optim import adamw
+from devtools.comfy_runtime import init_default_, require_comfy
 
 log = logging.getLogger(__name__)
 

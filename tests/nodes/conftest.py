@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.comfy_runtime import InProcessComfy, comfy_available
+from devtools.comfy_runtime import InProcessComfy, comfy_available
 
 _OK, _WHY = comfy_available()
 
@@ -28,9 +28,9 @@ def comfy(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def style_dirs(tmp_path_factory):
-    """Small image folders made here (64 px, bench.style_images): ``illustration`` and ``photo``, 6 each.
+    """Small image folders made here (64 px, devtools.style_images): ``illustration`` and ``photo``, 6 each.
     Nothing outside the repo is read, so a fresh clone runs every node test."""
-    from bench.style_images import make_styles_root
+    from devtools.style_images import make_styles_root
 
     return make_styles_root(tmp_path_factory.mktemp("styles"), n=6, size=64)
 
@@ -38,6 +38,6 @@ def style_dirs(tmp_path_factory):
 @pytest.fixture(scope="session")
 def styles_root(tmp_path_factory):
     """A larger made-up styles root (20 images per class, name pairs) for the diffusion recipe's tests."""
-    from bench.style_images import make_styles_root
+    from devtools.style_images import make_styles_root
 
     return make_styles_root(tmp_path_factory.mktemp("styles-root"), n=20, size=64, seed=1)

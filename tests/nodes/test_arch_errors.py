@@ -16,20 +16,20 @@ def _pack(module: str):
     import sys
 
     hits = [m for n, m in list(sys.modules.items()) if n.endswith(f".{module}") and "lineas" in n
-            and not n.startswith(("lineas_engine", "tests", "bench"))]
+            and not n.startswith(("lineas_engine", "tests", "bench", "devtools"))]
     assert hits, f"pack module {module} not loaded"
     return hits[0]
 
 
 @pytest.fixture(scope="module")
 def fam_dir():
-    from bench.comfy_runtime import families_dir
+    from devtools.comfy_runtime import families_dir
 
     return families_dir()
 
 
 def _load(fam_dir, family, dtype="fp32"):
-    from bench.comfy_families import load_family, make_conditioning, make_vae
+    from devtools.comfy_families import load_family, make_conditioning, make_vae
 
     lf = load_family(family, fam_dir, dtype)
     return lf.model, make_vae(lf.family.latent_channels), make_conditioning(lf.family)
@@ -49,7 +49,7 @@ def test_no_conditioning_is_a_clear_error_and_writes_nothing(comfy, fam_dir):
 
 def test_other_family_conditioning_is_a_clear_error_and_writes_nothing(comfy, fam_dir):
     """SD1.5's CONDITIONING (77 x 768, pooled 768) on Flux."""
-    from bench.comfy_families import make_conditioning
+    from devtools.comfy_families import make_conditioning
     mismatch = _pack("nodes._conditioning").ConditioningMismatchError
     model, vae, _ = _load(fam_dir, "flux_dev")
     before = _files(comfy)
@@ -119,8 +119,8 @@ def test_video_vae_encodes_each_image_as_its_own_one_frame_video(comfy):
     import comfy.sd
     from comfy.ldm.wan.vae import WanVAE
 
-    from bench.comfy_families import load_family
-    from bench.comfy_runtime import families_dir
+    from devtools.comfy_families import load_family
+    from devtools.comfy_runtime import families_dir
 
     encode_images = _pack("nodes._conditioning").encode_images
     torch.manual_seed(0)

@@ -1,4 +1,4 @@
-"""Architecture matrix: every family ComfyUI detects (bench.comfy_families: ComfyUI's own classes, random
+"""Architecture matrix: every family ComfyUI detects (devtools.comfy_families: ComfyUI's own classes, random
 weights, real key names, loaded by UNETLoader's function, a CONDITIONING of real shapes) through the
 nodes: train (loss decreases), apply with hooks and with fold, sample 2 steps with KSampler; strength 0
 bit-identical to the unsteered model; hooks and fold agree; save -> load identical; fp32 / bf16 / fp16,
@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.comfy_runtime import families_dir
+from devtools.comfy_runtime import families_dir
 
 pytestmark = [pytest.mark.comfy, pytest.mark.arch]
 
@@ -23,7 +23,7 @@ RES = 64
 
 
 def _node(comfy, node_id: str, **inputs):
-    from bench.comfy_runtime import node_class
+    from devtools.comfy_runtime import node_class
 
     cls = node_class(comfy.nodes, node_id, f"test-{node_id}")
     with torch.inference_mode():  # as ComfyUI's executor runs every node
@@ -80,7 +80,7 @@ def test_family_at_real_width(comfy, fam_dir, family):
 def _check_family(comfy, fam_dir, family, dtype, real_width=False):
     import comfy.model_management as mm
 
-    from bench.comfy_families import load_family, make_conditioning, make_vae
+    from devtools.comfy_families import load_family, make_conditioning, make_vae
 
     lf = load_family(family, fam_dir, dtype, real_width=real_width)
     model, fam = lf.model, lf.family

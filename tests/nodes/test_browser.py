@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from bench.browser import TINY, browser_available, running_frontend, wait_history
-from bench.comfy_runtime import comfy_available
-from bench.templates import TEMPLATES
+from devtools.browser import TINY, browser_available, running_frontend, wait_history
+from devtools.comfy_runtime import comfy_available
+from devtools.templates import TEMPLATES
 
 pytestmark = [pytest.mark.comfy, pytest.mark.slow_server]
 REPO = Path(__file__).resolve().parents[2]

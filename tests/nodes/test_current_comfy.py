@@ -15,7 +15,7 @@ pytestmark = [pytest.mark.comfy, pytest.mark.arch]
 
 @pytest.fixture(scope="module")
 def fam_dir():
-    from bench.comfy_runtime import families_dir
+    from devtools.comfy_runtime import families_dir
 
     return families_dir()
 
@@ -72,7 +72,7 @@ def _fp8_scaled_file(fam_dir, family="sd15"):
     ``scale_weight`` and the ``scaled_fp8`` marker), the format of ComfyUI's *_fp8_scaled releases."""
     from safetensors.torch import load_file, save_file
 
-    from bench.comfy_families import FAMILIES, write_family
+    from devtools.comfy_families import FAMILIES, write_family
 
     src = write_family(FAMILIES[family], fam_dir)
     out = src.with_name(src.stem + "_fp8scaled.safetensors")
@@ -94,7 +94,7 @@ def _fp8_scaled_file(fam_dir, family="sd15"):
 def test_quantized_checkpoint_trains_folds_and_samples(comfy, fam_dir):
     """Cause 3: fp8-scaled / nvfp4 / int8 weights load as ``QuantizedTensor`` (no plain storage) in newer
     trees; aliasing them failed. They are left to ComfyUI's per-forward dequantization."""
-    from bench.comfy_families import FAMILIES, load_file, make_conditioning, make_vae
+    from devtools.comfy_families import FAMILIES, load_file, make_conditioning, make_vae
 
     fam = FAMILIES["sd15"]  # a reduced build ComfyUI's detection matches (quantization is read at detection)
     lf = load_file(fam, _fp8_scaled_file(fam_dir), fam.config())
@@ -201,7 +201,7 @@ def test_bf16_learns_as_much_as_fp32(comfy, fam_dir, family):
     small steps) and pooled means are fp32. Before, SDXL in bf16 moved its output 41 % as far as fp32."""
     import comfy.model_management as mm
 
-    from bench.comfy_families import load_family, make_conditioning, make_vae
+    from devtools.comfy_families import load_family, make_conditioning, make_vae
 
     moved = {}
     for dtype in ("fp32", "bf16"):

@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from bench.graphs import base_graph, train_node
+from devtools.graphs import base_graph, train_node
 
 pytestmark = pytest.mark.comfy
 

@@ -11,7 +11,7 @@ import json
 import pytest
 import torch
 
-from bench.graphs import base_graph, train_node
+from devtools.graphs import base_graph, train_node
 
 pytestmark = pytest.mark.comfy
 

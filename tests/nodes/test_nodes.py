@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from bench.comfy_runtime import PromptError
-from bench.graphs import apply_node, base_graph, sampler, save_image, train_node
+from devtools.comfy_runtime import PromptError
+from devtools.graphs import apply_node, base_graph, sampler, save_image, train_node
 
 pytestmark = pytest.mark.comfy
 

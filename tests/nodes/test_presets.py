@@ -15,7 +15,7 @@ def test_flux_and_mmdit_norms_by_type(comfy):
     from lineas_engine import NoMatchingSiteError, find_sites, site_specs
 
     ops = comfy.ops.disable_weight_init
-    from bench.comfy_families import with_current_keys
+    from devtools.comfy_families import with_current_keys
 
     flux = Flux(**with_current_keys("flux_dev", dict(
         in_channels=16, out_channels=16, vec_in_dim=32, context_in_dim=32, hidden_size=64, mlp_ratio=2.0,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.comfy_runtime import ComfyServer, comfy_available
+from devtools.comfy_runtime import ComfyServer, comfy_available
 from tests.nodes.workflow_format import FRONTEND_ONLY, ui_to_api
 
 REPO = Path(__file__).resolve().parents[2]
@@ -52,7 +52,7 @@ def _shrink(prompt: dict, style_dir: Path) -> dict:
 @pytest.fixture
 def steering_files(comfy, style_dirs):
     """The two files the load/combine workflows name, trained here on the tiny model."""
-    from bench.graphs import base_graph, train_node
+    from devtools.graphs import base_graph, train_node
 
     lineas_models = comfy.base / "models" / "lineas"
     if not (lineas_models / "other_style.safetensors").exists():

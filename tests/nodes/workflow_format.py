@@ -1,7 +1,7 @@
 """UI-format workflows (what users drag into ComfyUI) <-> API-format prompts, using the real node
 definitions (INPUT_TYPES) of a running ComfyUI to order widget values.
 
-The templates in workflows/ are built by `python -m bench.templates`, and the real frontend is the judge
+The templates in workflows/ are built by `python -m devtools.templates`, and the real frontend is the judge
 of their widget values (tests/nodes/test_browser.py); this converter only turns them into prompts for the
 in-process runs. Frontend-only nodes (MarkdownNote, Note) are skipped; an INT widget gets a
 control-after-generate value after it as the frontend does (control_after_generate, or the legacy rule:

@@ -41,7 +41,7 @@ def pack():
     import importlib.util
     import sys
 
-    from bench.comfy_runtime import REPO, comfy_available, import_comfy
+    from devtools.comfy_runtime import REPO, comfy_available, import_comfy
 
     ok, why = comfy_available()
     if not ok:

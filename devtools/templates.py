@@ -5,7 +5,7 @@ definition order; an INT input with a control-after-generate widget also stores 
 KSampler stores [seed, "fixed", ...]). The browser test (tests/nodes/test_browser.py) checks every file
 against ComfyUI's own frontend.
 
-    python -m bench.templates          # with ComfyUI at $COMFYUI_PATH: rewrites workflows/*.json
+    python -m devtools.templates          # with ComfyUI at $COMFYUI_PATH: rewrites workflows/*.json
 """
 
 from __future__ import annotations
@@ -350,7 +350,7 @@ def write_all(defs, out: Path = OUT) -> list[Path]:
 def main() -> None:
     import tempfile
 
-    from bench.comfy_runtime import InProcessComfy
+    from devtools.comfy_runtime import InProcessComfy
 
     comfy = InProcessComfy(Path(tempfile.mkdtemp(prefix="lineas-templates-")), tiny_checkpoint=False)
     for p in write_all(comfy.nodes.NODE_CLASS_MAPPINGS):

@@ -58,8 +58,9 @@ def make_base_dir(base: Path) -> Path:
 
 
 def import_comfy(base: Path | None = None, cpu: bool = True) -> None:
-    """Make the installed ComfyUI importable in this process, on the CPU (comfyui.md pitfall 4): call before
-    anything imports comfy.model_management; with ``base``, also before anything imports folder_paths."""
+    """Make the installed ComfyUI importable in this process, on the CPU: call before anything imports
+    comfy.model_management (which, with a CUDA torch build and no GPU, fails unless ``args.cpu`` is already
+    set); with ``base``, also before anything imports folder_paths (it reads ``args.base_directory``)."""
     if str(COMFY) not in sys.path:
         sys.path.insert(0, str(COMFY))
     import comfy.options
@@ -76,8 +77,9 @@ def import_comfy(base: Path | None = None, cpu: bool = True) -> None:
 
 
 class InProcessComfy:
-    """ComfyUI's own executor, in this process (comfyui.md §8.6). ``tiny_checkpoint=False`` skips building
-    the tests' random checkpoint (callers then link their own into ``base/models/checkpoints``)."""
+    """ComfyUI's own executor (execution.PromptExecutor, with this object as its "server"), in this process,
+    no HTTP. ``tiny_checkpoint=False`` skips building the tests' random checkpoint (callers then link their
+    own into ``base/models/checkpoints``)."""
 
     def __init__(self, base: Path, tiny_checkpoint: bool = True, cpu: bool = True):
         self.base = base
@@ -92,7 +94,7 @@ class InProcessComfy:
 
         load_extra_path_config(str(yaml))
         if tiny_checkpoint:
-            from bench.tiny_checkpoint import ensure_checkpoint
+            from devtools.tiny_checkpoint import ensure_checkpoint
 
             ckpt = ensure_checkpoint(CACHE / CKPT)
             target = base / "models" / "checkpoints" / CKPT
@@ -179,7 +181,7 @@ class ComfyServer:
     def __init__(self, base: Path, python: str = sys.executable):
         self.base = base
         yaml = make_base_dir(base)
-        from bench.tiny_checkpoint import ensure_checkpoint
+        from devtools.tiny_checkpoint import ensure_checkpoint
 
         target = base / "models" / "checkpoints" / CKPT
         if not target.exists():

@@ -1,8 +1,8 @@
 """ComfyUI's real web frontend (the comfyui-frontend-package its requirements install), served by a real
-ComfyUI server (bench.comfy_runtime.ComfyServer) and driven in headless Debian chromium with Playwright.
+ComfyUI server (devtools.comfy_runtime.ComfyServer) and driven in headless Debian chromium with Playwright.
 Used by tests/nodes/test_browser.py and to make the template screenshots:
 
-    python -m bench.browser shots      # docs/templates/<name>.jpg (Fit View, 1600x1000) + workflows/<name>.jpg
+    python -m devtools.browser shots      # docs/templates/<name>.jpg (Fit View, 1600x1000) + workflows/<name>.jpg
                                        # + docs/templates/help_panel.jpg
 """
 
@@ -20,7 +20,7 @@ CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 VIEWPORT = {"width": 1600, "height": 1000}
-PACK = "comfyui-lineas"  # the folder name ComfyUI loads the pack under (bench.comfy_runtime.PACK_NAME)
+PACK = "comfyui-lineas"  # the folder name ComfyUI loads the pack under (devtools.comfy_runtime.PACK_NAME)
 
 
 def browser_available() -> tuple[bool, str]:
@@ -153,10 +153,10 @@ class Frontend:
 def prepare_server_base(base: Path) -> None:
     """The folders and files the templates name, on the tiny checkpoint: the checkpoint under the
     templates' name and a small style-image folder (made here)."""
-    from bench.comfy_runtime import CACHE, CKPT, make_base_dir
-    from bench.style_images import make_style_images
-    from bench.templates import CKPT as TEMPLATE_CKPT
-    from bench.tiny_checkpoint import ensure_checkpoint
+    from devtools.comfy_runtime import CACHE, CKPT, make_base_dir
+    from devtools.style_images import make_style_images
+    from devtools.templates import CKPT as TEMPLATE_CKPT
+    from devtools.tiny_checkpoint import ensure_checkpoint
 
     make_base_dir(base)
     ckpt = ensure_checkpoint(CACHE / CKPT)
@@ -195,7 +195,7 @@ def running_frontend(base: Path, chromium: str):
     headless chromium; both stopped on exit."""
     import sys
 
-    from bench.comfy_runtime import ComfyServer
+    from devtools.comfy_runtime import ComfyServer
 
     prepare_server_base(base)
     server = ComfyServer(base, python=sys.executable)
@@ -214,7 +214,7 @@ def running_frontend(base: Path, chromium: str):
 def shots(out_docs: Path = REPO / "docs" / "templates", out_thumbs: Path = REPO / "workflows") -> None:
     from PIL import Image
 
-    from bench.templates import TEMPLATES
+    from devtools.templates import TEMPLATES
 
     ok, chromium = browser_available()
     if not ok:
@@ -243,4 +243,4 @@ if __name__ == "__main__":
     if sys.argv[1:] == ["shots"]:
         shots()
     else:
-        raise SystemExit("usage: python -m bench.browser shots")
+        raise SystemExit("usage: python -m devtools.browser shots")

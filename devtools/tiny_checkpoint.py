@@ -1,7 +1,7 @@
 """Build a tiny SD1.5-format checkpoint that ComfyUI's ordinary CheckpointLoaderSimple accepts: a
 one-level UNet with SD1.5 key names (model_channels 320, context 768, measured depths), a TAESD-format
 VAE, and every CLIP-L key (random, fp16). Deterministic per seed; written once to a cache outside the
-repo. Must run in a process where ComfyUI is importable (see bench.comfy_runtime)."""
+repo. Must run in a process where ComfyUI is importable (see devtools.comfy_runtime)."""
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ own UNETLoader function (``comfy.sd.load_diffusion_model``, with UNETLoader's ``
 small VAE of the family's latent channels, and a CONDITIONING of the family's real shapes.
 
 Used by the architecture matrix tests (tests/nodes/test_arch_matrix.py) and the benchmarks. Must run
-where ComfyUI is importable (bench.comfy_runtime.import_comfy first).
+where ComfyUI is importable (devtools.comfy_runtime.import_comfy first).
 
 Detection: ComfyUI detects the family from the file's keys. Some detectors hard-code widths or depths of
 the released models (Flux / Chroma hidden 3072, Lumina2 2304, HiDream 16+32 blocks, Qwen-Image's class
@@ -304,46 +304,3 @@ def make_vae(latent_channels: int, seed: int = 0):
         vae.vae_scale.fill_(1 / 16)
         vae.vae_shift.fill_(0.0)
     return comfy.sd.VAE(sd={k: v.float() for k, v in vae.state_dict().items()})
-
-
-def main() -> None:
-    """`python -m bench.comfy_families [--real-width]`: per family, the ComfyUI class, parameters, what the
-    loader's detection needed overridden, and the sites / channels of the default preset (probed through the
-    training path, one step)."""
-    import argparse
-    import importlib
-    import sys
-    import tempfile
-    import time
-
-    from bench.comfy_runtime import InProcessComfy, families_dir
-
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--real-width", action="store_true")
-    ap.add_argument("families", nargs="*", default=list(FAMILIES))
-    a = ap.parse_args()
-    InProcessComfy(Path(tempfile.mkdtemp(prefix="lineas-fam-")), tiny_checkpoint=False)
-    api = importlib.import_module(next(m for m in sys.modules if m.endswith("nodes.api") and "lineas" in m))
-    print("| family | ComfyUI class | params (M) | detection overrides | default sites | channels | QK norms | 2 train steps incl. set-up (s) |")
-    print("|---|---|---|---|---|---|---|---|")
-    for name in a.families:
-        lf = load_family(name, families_dir(), "fp32", real_width=a.real_width)
-        dm = lf.model.model.diffusion_model
-        params = sum(p.numel() for p in dm.parameters()) / 1e6
-        qk = sum(1 for n, m in dm.named_modules() if n and api.is_qk_norm(n) and not list(m.children()))
-        imgs = torch.rand(4, 64, 64, 3, generator=torch.Generator().manual_seed(0))
-        t0 = time.perf_counter()
-        with torch.inference_mode(False), torch.enable_grad():
-            ref, res = api.train_style(lf.model, make_vae(lf.family.latent_channels), imgs[:2], imgs[2:],
-                                            make_conditioning(lf.family), steps=2, lr=0.01, optimizer="adamw",
-                                            sparsity=0.0, preset="all norms", regex="", noise_start=0.0,
-                                            noise_end=1.0, levels=2, batch_size=4, micro_batch=0, seed=0)
-        dt = time.perf_counter() - t0
-        chans = sum(s.dim for s in ref.steering.specs.values())
-        over = ", ".join(sorted(k for k in lf.overridden)) or "none"
-        print(f"| {name} | {lf.family.config_class} | {params:.1f} | {over} | {len(ref.steering.sites)} | {chans} | "
-              f"{qk} | {dt:.2f} |", flush=True)
-
-
-if __name__ == "__main__":
-    main()
