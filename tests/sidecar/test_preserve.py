@@ -80,9 +80,11 @@ def test_preserve_on_gemma_and_through_the_chat_template(model, texts, request):
     from lineas_engine import load_steering
 
     model_dir = request.getfixturevalue(model)
+    chat = ["--chat"] if model == "chat_dir" else []
     free, kept = texts / "free.safetensors", texts / "kept.safetensors"
-    assert _train(model_dir, texts, free) == 0
-    assert _train(model_dir, texts, kept, "--preserve", str(texts / "neutral.txt"), "--preserve-weight", "1e6") == 0
+    assert _train(model_dir, texts, free, "--no-preserve", *chat) == 0
+    assert _train(model_dir, texts, kept, "--preserve", str(texts / "neutral.txt"), "--preserve-weight", "1e6",
+                  *chat) == 0
     _, meta = load_steering(kept)
     assert meta.extra["preserve"]["texts"] == len(NEUTRAL) and meta.training["regularizer_first"] == 0.0
     assert meta.extra["chat"]["enabled"] == (model == "chat_dir")
