@@ -12,11 +12,12 @@ pytestmark = [pytest.mark.comfy, pytest.mark.arch]
 
 
 def _pack(module: str):
-    """A module of the node pack as ComfyUI imported it (its errors are that copy's classes)."""
+    """A module of the node pack as ComfyUI imported it (its errors are that copy's classes); not the stand-in
+    package tests/engine/test_sites_pooling.py imports nodes/_families.py under."""
     import sys
 
     hits = [m for n, m in list(sys.modules.items()) if n.endswith(f".{module}") and "lineas" in n
-            and not n.startswith(("lineas_engine", "tests", "bench", "devtools"))]
+            and not n.startswith(("lineas_engine", "tests", "bench", "devtools", "lineas_probe_pack"))]
     assert hits, f"pack module {module} not loaded"
     return hits[0]
 
