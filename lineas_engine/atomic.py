@@ -87,11 +87,10 @@ def _names_in(folder: Path) -> set[str]:
     return {p.name for p in folder.iterdir()}
 
 
-def _write_temp(path: Path, data: bytes) -> Path:
-    """A new hidden file next to ``path`` holding ``data``, fsynced; removed again if writing fails."""
-    tmp = path.parent / f".{path.name[:100]}.{secrets.token_hex(6)}.tmp"
+def _create_exclusive(path: Path, data: bytes) -> None:
+    """Create ``path`` (it must not exist) holding ``data``, fsynced; removed again if writing fails."""
     # mode 0o666 through os.open: the kernel applies the umask (never read or changed: it is process-global)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -99,8 +98,14 @@ def _write_temp(path: Path, data: bytes) -> Path:
             os.fsync(f.fileno())
     except BaseException:
         with contextlib.suppress(OSError):
-            os.unlink(tmp)
+            os.unlink(path)
         raise
+
+
+def _write_temp(path: Path, data: bytes) -> Path:
+    """A new hidden file next to ``path`` holding ``data`` (see :func:`_create_exclusive`)."""
+    tmp = path.parent / f".{path.name[:100]}.{secrets.token_hex(6)}.tmp"
+    _create_exclusive(tmp, data)
     return tmp
 
 
@@ -127,13 +132,4 @@ def _link_exclusive(tmp: Path, path: Path) -> None:
     except OSError as e:  # a file system without hard links: exclusive create, then copy the bytes in
         if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
             raise
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-        try:
-            with os.fdopen(fd, "wb") as out, open(tmp, "rb") as src:
-                out.write(src.read())
-                out.flush()
-                os.fsync(out.fileno())
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-            raise
+        _create_exclusive(path, tmp.read_bytes())

@@ -23,7 +23,7 @@ from .perplexity import perplexity
 from .validate import MAX_STRENGTH
 
 __all__ = ["Calibration", "calibrate_strength", "calibrate_record", "apply_calibration", "check_budget",
-           "search_strength"]
+           "search_strength", "uncalibrated"]
 
 logger = logging.getLogger(__name__)
 
@@ -145,3 +145,17 @@ def apply_calibration(record: SteeringRecord, calibration: Calibration, texts: S
     earlier = record.extra.get("calibration_text_hashes", [])
     record.extra["calibration_text_hashes"] = sorted(set(earlier) | set(hash_texts(texts)))
     return record
+
+
+def uncalibrated(record, path: str):
+    """``record`` taken back to its trained map (a calibrated file holds T_s of it); the calibration it had is
+    moved to ``training.calibrations_before``. Returns the calibration removed, or None."""
+    before = record.training.pop("calibration", None)
+    if before is not None:
+        s0 = before.get("strength") if isinstance(before, dict) else None
+        if not (isinstance(s0, (int, float)) and math.isfinite(s0) and s0 > 0):
+            raise LineasError(f"steering {path!r} was calibrated to strength {s0!r}: its trained map cannot be "
+                              "recovered from it; calibrate the uncalibrated file, or retrain")
+        record.steering = record.steering.at_strength(1.0 / s0)
+        record.training["calibrations_before"] = [*record.training.get("calibrations_before", []), before]
+    return before

@@ -24,7 +24,7 @@ from .export import export_folded
 from .generate import GenConfig
 from .judges import make_judge
 from .models import load_model
-from .preserve import embedded_preserve_texts
+from .preserve import MAX_STRENGTH_PRESERVED, embedded_preserve_texts
 from .progress import progress_bar
 from .recipes import RECIPES
 from .report import markdown_table, write_report
@@ -38,7 +38,6 @@ logger = logging.getLogger(__name__)
 # what makes the demo take minutes on a laptop CPU.
 DEMO_CONFIG = dict(optimizer=RECIPES["fast"].optimizer, lr=RECIPES["fast"].lr, batch_size=RECIPES["fast"].batch_size,
                    maps="scale")
-DEMO_MAX_STRENGTH = 4.0  # as `lineas-llm train` with --preserve: the kept map costs little at strength 1
 
 
 def run_demo(*, model: str = "smollm2", n: int = 32, steps: int = 100, eval_prompts: int = 64,
@@ -75,7 +74,7 @@ def run_demo(*, model: str = "smollm2", n: int = 32, steps: int = 100, eval_prom
     learned = record.steering.to(lm.device)
     if calib:
         cal = calibrate_record(lm, record, calib, max_increase=max_ppl_increase, check=check,
-                               max_strength=DEMO_MAX_STRENGTH)
+                               max_strength=MAX_STRENGTH_PRESERVED)
         say(f"calibrated to a +{max_ppl_increase:.0%} perplexity budget on {len(calib)} other neutral sentences: "
             f"strength {cal.strength:.3f} of the learned map is saved as strength 1")
     check()

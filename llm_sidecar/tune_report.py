@@ -88,11 +88,10 @@ def chosen_record(record: SteeringRecord, best: TunePoint, base: TunePoint, budg
     """``record`` (loaded from ``path``) at the chosen strength, saved as strength 1: like a calibration, so that
     `calibrate` can take it back to the trained map; the validation texts are recorded so that `eval` refuses
     them."""
-    from .commands.calibrate import uncalibrated
+    from .calibrate import uncalibrated
 
-    s0 = (record.training.get("calibration") or {}).get("strength", 1.0)
-    uncalibrated(record, path)
-    total = s0 * best.strength
+    before = uncalibrated(record, path)
+    total = (before["strength"] if before is not None else 1.0) * best.strength
     record.steering = record.steering.at_strength(total)
     record.training["calibration"] = {"strength": total, "max_increase": budget, "base_perplexity": base.perplexity,
                                       "perplexity": best.perplexity, "num_texts": len(neutral), "chosen_by": "tune",

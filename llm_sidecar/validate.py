@@ -26,6 +26,7 @@ __all__ = [
     "check_map",
     "check_scorable",
     "hashes_of",
+    "refuse_used_texts",
     "save_or_rescue",
 ]
 
@@ -225,3 +226,23 @@ def hashes_of(meta, key: str, path: str) -> list[str]:
         raise LineasError(f"steering {path!r}: extra.{key} is not a list of hashes ({type(v).__name__}); "
                           "the file is corrupt or was edited: retrain or use an intact copy")
     return v
+
+
+def refuse_used_texts(prompts: Sequence[str], neutral: Sequence[str], meta, path: str, *,
+                      selection: bool = True,
+                      prompts_what: str = "evaluation prompts", prompts_fix: str = "evaluate on held-out prompts",
+                      neutral_fix: str = "measure perplexity on other texts") -> None:
+    """Prompts and neutral texts must not be ones the steering (``meta``: its record or file metadata) was trained,
+    calibrated or kept fluent on, nor, with ``selection``, the ones `tune` chose its strength on."""
+    from .data import check_disjoint
+
+    check_disjoint(prompts, hashes_of(meta, "training_text_hashes", path), what=prompts_what, fix=prompts_fix)
+    used = [("calibration_text_hashes", "calibrate this steering's strength"),
+            ("preserve_text_hashes", "keep this steering fluent in training (--preserve)")]
+    if selection:
+        tuned = ("selection_text_hashes", "choose this steering's strength (tune)")
+        check_disjoint(prompts, hashes_of(meta, tuned[0], path), what=prompts_what, used_for=tuned[1],
+                       fix="evaluate on other prompts")
+        used.append(tuned)
+    for key, used_for in used:
+        check_disjoint(neutral, hashes_of(meta, key, path), what="--neutral texts", used_for=used_for, fix=neutral_fix)

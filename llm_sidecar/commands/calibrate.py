@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 
@@ -29,24 +28,10 @@ def add_parser(sub) -> None:
     c.add_argument("--allow-transfer", action="store_true", help=TRANSFER_HELP)
 
 
-def uncalibrated(record, path: str):
-    """``record`` taken back to its trained map (a calibrated file holds T_s of it); the calibration it had is
-    moved to ``training.calibrations_before``. Returns the calibration removed, or None."""
-    before = record.training.pop("calibration", None)
-    if before is not None:
-        s0 = before.get("strength") if isinstance(before, dict) else None
-        if not (isinstance(s0, (int, float)) and math.isfinite(s0) and s0 > 0):
-            raise LineasError(f"steering {path!r} was calibrated to strength {s0!r}: its trained map cannot be "
-                              "recovered from it; calibrate the uncalibrated file, or retrain")
-        record.steering = record.steering.at_strength(1.0 / s0)
-        record.training["calibrations_before"] = [*record.training.get("calibrations_before", []), before]
-    return before
-
-
 def run(a) -> int:
     from lineas_engine import load_record
 
-    from ..calibrate import calibrate_record
+    from ..calibrate import calibrate_record, uncalibrated
     from ..data import check_disjoint, read_texts, require_samples
     from ..validate import check_out_file, check_scorable, hashes_of, save_or_rescue
 

@@ -45,27 +45,12 @@ def add_parser(sub) -> None:
     gen_args(e)
 
 
-def refuse_used_texts(prompts, neutral, meta, path: str) -> None:
-    """Evaluation texts must not be ones the steering was trained, calibrated, kept fluent or tuned on."""
-    from ..data import check_disjoint
-    from ..validate import hashes_of
-
-    check_disjoint(prompts, hashes_of(meta, "training_text_hashes", path))
-    check_disjoint(prompts, hashes_of(meta, "selection_text_hashes", path), what="evaluation prompts",
-                   used_for="choose this steering's strength (tune)", fix="evaluate on other prompts")
-    for key, used_for in (("calibration_text_hashes", "calibrate this steering's strength"),
-                          ("preserve_text_hashes", "keep this steering fluent in training (--preserve)"),
-                          ("selection_text_hashes", "choose this steering's strength (tune)")):
-        check_disjoint(neutral, hashes_of(meta, key, path), what="--neutral texts", used_for=used_for,
-                       fix="measure perplexity on other texts")
-
-
 def run(a) -> int:
     from ..data import read_texts, require_samples
     from ..evaluate import evaluate_strengths
     from ..judges import make_judge
     from ..report import markdown_table, write_report
-    from ..validate import check_report_dir, check_scorable
+    from ..validate import check_report_dir, check_scorable, refuse_used_texts
 
     prompts = read_texts(a.prompts, a.field, what="--prompts")
     neutral = read_texts(a.neutral, what="--neutral")

@@ -12,15 +12,13 @@ from lineas_engine import MAPS, METHODS, LineasError, TrainConfig, get_method, s
 
 from ..judges import JUDGE_HELP
 from ..options import chat_args, gen_args, gen_config, load, method_name, model_args, set_chat
-from ..preserve import PRESERVE_WEIGHT
+from ..preserve import MAX_STRENGTH_PRESERVED, PRESERVE_WEIGHT
 from ..recipes import DEFAULT_RECIPE, get_recipe, recipes_help
 
 HELP = "learn a steering from source (e.g. toxic) and target (non-toxic) texts"
 logger = logging.getLogger("lineas_llm")
 
-#: --max-strength when --preserve is on (its map costs little at strength 1: calibration extrapolates it until
-#: the budget is spent) and when it is off (never past the trained map)
-MAX_STRENGTH_PRESERVED, MAX_STRENGTH_PLAIN = 4.0, 1.0
+MAX_STRENGTH_PLAIN = 1.0  # --max-strength without --preserve: never past the trained map
 
 
 def add_parser(sub) -> None:

@@ -58,7 +58,7 @@ def run(a) -> int:
     from ..judges import make_judge
     from ..tune import Candidate, TuneState, choose, measure_grid, setup_hash
     from ..tune_report import chosen_record, write_tune_report
-    from ..validate import check_out_file, check_scorable, writable_parent
+    from ..validate import check_out_file, check_scorable, refuse_used_texts, writable_parent
 
     bad = [s for s in a.strengths if not s > 0]
     if bad:
@@ -83,7 +83,9 @@ def run(a) -> int:
                for p in a.steering]
     for p, r in zip(a.steering, records):
         check_map(r.steering, p)
-        _refuse_used(prompts, neutral, r, p)
+        refuse_used_texts(prompts, neutral, r, p, selection=False, prompts_what="--prompts",
+                          prompts_fix="tune on validation prompts that training did not use",
+                          neutral_fix="tune on other neutral texts")
     set_chat(lm, a, records[0])
     candidates = [Candidate(p, file_sha256(p), r.steering.to(lm.device)) for p, r in zip(a.steering, records)]
     gen = gen_config(a)
@@ -119,15 +121,3 @@ def run(a) -> int:
     sys.stdout.write(line + "\n")
     return 0
 
-
-def _refuse_used(prompts, neutral, record, path: str) -> None:
-    """Validation texts must not be ones the steering was trained, calibrated or kept fluent on."""
-    from ..data import check_disjoint
-    from ..validate import hashes_of
-
-    check_disjoint(prompts, hashes_of(record, "training_text_hashes", path), what="--prompts",
-                   fix="tune on validation prompts that training did not use")
-    for key, used_for in (("calibration_text_hashes", "calibrate this steering's strength"),
-                          ("preserve_text_hashes", "keep this steering fluent in training (--preserve)")):
-        check_disjoint(neutral, hashes_of(record, key, path), what="--neutral texts", used_for=used_for,
-                       fix="tune on other neutral texts")
