@@ -99,25 +99,48 @@ class Frontend:
             return px / 14; }"""))
 
     def open_help(self, node_id: str) -> dict:
-        """Open a node's page in the frontend's node help panel (node library sidebar), as its help button
-        does (nodeHelp store openHelp); returns the panel's state and whether the page shows."""
+        """Open a node's help page the way the frontend offers it and read what it shows. Frontend 1.27
+        (ComfyUI 0.3.x): the node library sidebar's help button (nodeHelp store openHelp); its store holds the
+        loading state, error and base URL. Frontend 1.49 (ComfyUI 0.33): a node selected on the canvas, the
+        right side panel's Info tab (the help content's state is then private: ``error`` / ``baseUrl`` are
+        None and the page's H1 in the panel is what is checked)."""
         return self.page.evaluate(r"""async (nodeId) => {
+            const sleep = ms => new Promise(r => setTimeout(r, ms));
             const pinia = document.querySelector('#vue-app').__vue_app__.config.globalProperties.$pinia;
-            const tabs = pinia._s.get('sidebarTab');
-            if (tabs.activeSidebarTabId !== 'node-library') tabs.toggleSidebarTab('node-library');
-            const help = pinia._s.get('nodeHelp');
-            help.openHelp(pinia._s.get('nodeDef').nodeDefsByName[nodeId]);
-            for (let i = 0; i < 100 && help.isLoading; i++) await new Promise(r => setTimeout(r, 100));
-            await new Promise(r => setTimeout(r, 300));
-            const html = help.renderedHelpHtml || '';
-            const h1 = (html.match(/<h1>([^<]*)<\/h1>/) || [])[1] || '';
-            return {error: help.error, baseUrl: help.baseUrl, title: h1,
+            const side = pinia._s.get('rightSidePanel');
+            let help = null;
+            if (side) {
+                const node = window.LiteGraph.createNode(nodeId);
+                window.app.graph.add(node);
+                window.app.canvas.selectItems([node]);
+                side.openPanel('info');
+                window.__lineasHelpNode = node;
+            } else {
+                const tabs = pinia._s.get('sidebarTab');
+                if (tabs.activeSidebarTabId !== 'node-library') tabs.toggleSidebarTab('node-library');
+                help = pinia._s.get('nodeHelp');
+                help.openHelp(pinia._s.get('nodeDef').nodeDefsByName[nodeId]);
+            }
+            let h1 = '';
+            for (let i = 0; i < 100 && !h1; i++) {
+                await sleep(100);
+                const panel = document.querySelector('.node-help-content');
+                h1 = (panel && !(help && help.isLoading) && panel.querySelector('h1')?.textContent?.trim()) || '';
+            }
+            return {error: help?.error ?? null, baseUrl: help?.baseUrl ?? null, title: h1,
                     shown: h1 !== '' && document.body.innerText.includes(h1)};
         }""", node_id)
 
     def close_help(self) -> None:
         self.page.evaluate("""() => {
             const pinia = document.querySelector('#vue-app').__vue_app__.config.globalProperties.$pinia;
+            const side = pinia._s.get('rightSidePanel');
+            if (side) {
+                side.closePanel();
+                if (window.__lineasHelpNode) window.app.graph.remove(window.__lineasHelpNode);
+                window.__lineasHelpNode = null;
+                return;
+            }
             pinia._s.get('nodeHelp').closeHelp();
             const tabs = pinia._s.get('sidebarTab');
             if (tabs.activeSidebarTabId) tabs.toggleSidebarTab(tabs.activeSidebarTabId);

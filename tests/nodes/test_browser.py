@@ -62,11 +62,12 @@ def test_help_pages_show_in_the_node_help_panel(frontend):
         md = urllib.request.urlopen(f"{server.url}/extensions/{pack}/docs/{node}.md", timeout=10).read()
         assert md.decode().startswith("# "), node
         panel = fe.open_help(node)  # the frontend fetches, renders and shows it
-        assert panel["error"] is None and panel["baseUrl"] == f"/extensions/{pack}/docs/", (node, panel)
+        assert panel["error"] is None, (node, panel)
+        assert panel["baseUrl"] in (None, f"/extensions/{pack}/docs/"), (node, panel)  # None: frontend >= 1.49
         assert panel["shown"] and panel["title"] == md.decode().splitlines()[0][2:].strip(), (node, panel)
         if node == "LineasTrainStyle":
             fe.screenshot(ARTIFACTS / "help_panel_LineasTrainStyle.png")
-    fe.close_help()
+        fe.close_help()
 
 
 @pytest.mark.parametrize("name", list(TEMPLATES))
