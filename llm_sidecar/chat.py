@@ -18,12 +18,11 @@ import torch
 
 from lineas_engine import LineasError
 
-__all__ = ["ChatFormat", "has_chat_template", "resolve_chat", "chat_from_meta", "encode_texts", "encode_both"]
+__all__ = ["ChatFormat", "has_chat_template", "resolve_chat", "chat_from_meta", "encode_texts"]
 
 logger = logging.getLogger(__name__)
 
 CONTENT_MASK = "content_mask"  # pooling mask over the text's own tokens (TrainConfig.mask_key in chat mode)
-FORMAT_GROUP = "lineas_group"  # TrainConfig.group_key: 0 = raw text, 1 = chat turn (encode_both)
 
 
 def has_chat_template(tokenizer) -> bool:
@@ -88,10 +87,7 @@ def chat_from_meta(tokenizer, extra: dict, chat: bool | None, system: str | None
         fmt = resolve_chat(tokenizer, chat, system, model=model)  # raw text (--system is then an error)
     else:
         fmt = resolve_chat(tokenizer, chat, system if system is not None else rec.get("system"), model=model)
-    if fmt is not None and rec.get("also_trained_on_chat"):  # trained on both formats
-        if fmt.system != rec.get("system"):
-            logger.warning("the system prompt differs from the one this steering was trained with (%s)", rec)
-    elif fmt is not None and not rec.get("enabled"):  # a raw-text steering used in chat: it carries over
+    if fmt is not None and not rec.get("enabled"):  # a raw-text steering used in chat: it carries over
         logger.info("chat formatting for a steering trained on raw text")
     elif (fmt is not None) != bool(rec.get("enabled")) or (fmt and fmt.system != rec.get("system")):
         logger.warning("chat formatting differs from the one this steering was trained with (%s)", rec)
@@ -130,23 +126,3 @@ def encode_texts(tokenizer, texts: Sequence[str], chat: ChatFormat | None, max_l
                     return_offsets_mapping=True)
     mask = _content_mask(tokenizer, formatted, short, enc["offset_mapping"], enc["attention_mask"])
     return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], CONTENT_MASK: mask}
-
-
-def encode_both(tokenizer, texts: Sequence[str], chat: ChatFormat, max_length: int = 64) -> dict:
-    """Every text twice, as raw text (group 0) and as the user turn of ``chat`` (group 1): one sample dict,
-    left-padded to the longer of the two, with the ``content_mask`` for pooling and the ``lineas_group`` that
-    makes the OT loss compare source and target within each format."""
-    raw = encode_texts(tokenizer, texts, None, max_length)
-    raw[CONTENT_MASK] = raw["attention_mask"]
-    turn = encode_texts(tokenizer, texts, chat, max_length)
-    width = max(raw["input_ids"].shape[1], turn["input_ids"].shape[1])
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-
-    def left_pad(x: torch.Tensor, value: int) -> torch.Tensor:
-        return torch.nn.functional.pad(x, (width - x.shape[1], 0), value=value)
-
-    out = {k: torch.cat([left_pad(raw[k], pad_id if k == "input_ids" else 0),
-                         left_pad(turn[k], pad_id if k == "input_ids" else 0)])
-           for k in ("input_ids", "attention_mask", CONTENT_MASK)}
-    out[FORMAT_GROUP] = torch.tensor([0] * len(texts) + [1] * len(texts))
-    return out

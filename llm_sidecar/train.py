@@ -5,7 +5,7 @@ end, or the layer-wise baseline): the result is the engine's SteeringRecord, sav
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -14,9 +14,6 @@ from lineas_engine import SteeringRecord, TrainConfig, TrainResult, model_finger
 from .data import hash_texts, require_samples
 from .models import LoadedModel
 from .sites import choose_sites
-
-if TYPE_CHECKING:
-    from .chat import ChatFormat
 
 __all__ = ["encode", "lm_forward", "train_steering"]
 
@@ -51,21 +48,16 @@ def train_steering(
     name: str = "steering",
     preserve: Sequence[str] = (),
     preserve_weight: float | None = None,
-    also_chat: "ChatFormat | None" = None,
 ) -> tuple[SteeringRecord, TrainResult]:
     """Train a steering that maps the model's activations on ``source`` texts onto those on ``target``.
     The record carries the model's fingerprint and the hashes of every training text and of
     ``training_prompts`` (the prompts the sets were built from), so that evaluation can refuse them.
     ``preserve`` texts (optional) add :func:`~llm_sidecar.preserve.kl_regularizer` at ``preserve_weight``
-    (default :data:`~llm_sidecar.preserve.PRESERVE_WEIGHT`) to the loss; they are hashed and recorded too.
-    ``also_chat`` (with ``lm.chat`` unset): train on every text twice, as raw text and as the user turn of
-    that chat format, the OT loss comparing source and target within each format (see :func:`.chat.encode_both`)."""
+    (default :data:`~llm_sidecar.preserve.PRESERVE_WEIGHT`) to the loss; they are hashed and recorded too."""
     require_samples(source, "the source set")
     require_samples(target, "the target set")
     cfg = config or TrainConfig()
-    if also_chat is not None and lm.chat is not None:
-        raise ValueError("also_chat trains on raw text and chat turns: leave lm.chat unset")
-    if lm.chat is not None or also_chat is not None:
+    if lm.chat is not None:
         from dataclasses import replace
 
         from .chat import CONTENT_MASK
@@ -78,13 +70,7 @@ def train_steering(
         preserve_weight = PRESERVE_WEIGHT if preserve_weight is None else preserve_weight
         regularizer = kl_regularizer(lm, preserve, preserve_weight, seed=cfg.seed)
     sites = choose_sites(lm.model, sites_pattern)
-    if also_chat is not None:
-        from .chat import encode_both
-
-        src = encode_both(lm.tokenizer, source, also_chat, max_length)
-        tgt = encode_both(lm.tokenizer, target, also_chat, max_length)
-    else:
-        src, tgt = encode(lm, source, max_length), encode(lm, target, max_length)
+    src, tgt = encode(lm, source, max_length), encode(lm, target, max_length)
     steering, result = train(lm.model, site_specs(lm.model, sites), lm_forward(lm), src, tgt, method=method,
                              config=cfg, on_step=on_step, device=lm.device, regularizer=regularizer)
     fingerprint = {**model_fingerprint(lm.model, lm.architecture), "model": lm.name}
@@ -96,8 +82,5 @@ def train_steering(
         record.extra["preserve"] = {"kind": "next-token KL to the unsteered model", "texts": len(preserve),
                                     "weight": preserve_weight}
         record.extra["preserve_text_hashes"] = hash_texts(preserve)  # eval refuses them as --neutral too
-    if also_chat is not None:  # used on raw text unless asked (generate / eval --chat), trained for both
-        record.extra["chat"] = {**also_chat.to_dict(), "enabled": False, "also_trained_on_chat": True}
-    else:
-        record.extra["chat"] = lm.chat.to_dict() if lm.chat is not None else {"enabled": False}
+    record.extra["chat"] = lm.chat.to_dict() if lm.chat is not None else {"enabled": False}
     return record, result

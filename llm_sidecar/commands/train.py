@@ -1,7 +1,6 @@
 """`lineas-llm train`: learn a steering from source (e.g. toxic) and target (non-toxic) texts, optionally
 calibrated to a perplexity budget. Defaults: scale-only maps, kept fluent on neutral texts (embedded passages
-unless ``--preserve FILE``), every text as raw text and as a chat turn when the model has a chat template,
-calibrated past strength 1 when that spends the budget."""
+unless ``--preserve FILE``), calibrated past strength 1 when that spends the budget."""
 
 from __future__ import annotations
 
@@ -25,10 +24,8 @@ MAX_STRENGTH_PLAIN = 1.0  # --max-strength without --preserve: never past the tr
 def add_parser(sub) -> None:
     t = sub.add_parser("train", help=HELP, description=(
         "Learn a LinEAS steering. The default (recipe 'fast', --maps scale, --preserve on embedded neutral "
-        "passages, each text as raw text and, when the tokenizer has a chat template, also as a chat turn) takes "
-        "about 10 minutes for a 135M model on 2 CPU cores (100 steps of 5.8 s on raw text alone, 60 of 9.5 s on "
-        "both formats), plus 1-2 minutes to calibrate with --calibrate-on (12 s a pass over 100 texts); see "
-        "--recipe for the costs."))
+        "passages, raw text) takes about 10 minutes for a 135M model on 2 CPU cores (5.8 s a step), plus 1-2 "
+        "minutes to calibrate with --calibrate-on (12 s a pass over 100 texts); see --recipe for the costs."))
     model_args(t)
     chat_args(t, training=True)
     t.add_argument("--source", help="texts to steer away from: .txt (a line each), .jsonl, .csv")
@@ -81,10 +78,9 @@ def add_parser(sub) -> None:
     gen_args(t)
 
 
-def _config(a, both_formats: bool = False) -> TrainConfig:
+def _config(a) -> TrainConfig:
     rec = get_recipe(a.recipe)
-    return TrainConfig(steps=rec.steps_for(both_formats) if a.steps is None else a.steps,
-                       lr=rec.lr if a.lr is None else a.lr,
+    return TrainConfig(steps=rec.steps if a.steps is None else a.steps, lr=rec.lr if a.lr is None else a.lr,
                        optimizer=a.optimizer or rec.optimizer,
                        batch_size=rec.batch_size if a.batch_size is None else a.batch_size,
                        gamma=a.sparsity, seed=a.seed, patience=a.patience,
@@ -124,7 +120,7 @@ def run(a) -> int:
         raise LineasError("give either --from-prompts or --source and --target, not both")
     if not a.from_prompts and not (a.source and a.target):
         raise LineasError("train needs --source and --target files (or --from-prompts FILE)")
-    cfg = _config(a)  # checked before the model loads; the steps follow the formats once the tokenizer is known
+    cfg = _config(a)
     if a.source:
         source = read_texts(a.source, a.source_field, a.source_where, what="--source")
         target = read_texts(a.target, a.target_field, a.target_where, what="--target")
@@ -148,18 +144,10 @@ def run(a) -> int:
 
         require_samples(calib, "--calibrate-on", 1)
         check_budget(a.max_ppl_increase, max_strength)  # before the model loads
-    both = a.chat is None and a.system is None  # the default: raw text, and chat turns when there is a template
-    if a.chat is None:
+    if a.chat is None:  # raw text unless asked: see chat_args(training=True)
         a.chat = a.system is not None
     lm = load(a)
     set_chat(lm, a)
-    also_chat = None
-    if both:
-        from ..chat import ChatFormat, has_chat_template, template_hash
-
-        if has_chat_template(lm.tokenizer):
-            also_chat = ChatFormat(template_hash=template_hash(lm.tokenizer))
-            cfg = _config(a, both_formats=True)
     if calib is not None:
         check_scorable(lm, calib, "--calibrate-on")  # before training, not after
     if preserve is not None:
@@ -172,8 +160,7 @@ def run(a) -> int:
     with progress_bar(cfg.steps, "train", check=a.check_signals) as bar:
         record, r = train_steering(lm, source, target, method=a.method, sites_pattern=a.sites, config=cfg,
                                    max_length=a.max_length, on_step=bar, training_prompts=prompts,
-                                   name=Path(out).stem, preserve=preserve or (), preserve_weight=a.preserve_weight,
-                                   also_chat=also_chat)
+                                   name=Path(out).stem, preserve=preserve or (), preserve_weight=a.preserve_weight)
     check_map(record.steering)  # finite and sane before calibrating or saving it
     if r.losses and not r.losses[-1] <= 10 * r.losses[0]:
         logger.warning("the loss rose from %.4g to %.4g: the training diverged; retrain with a lower --lr",
@@ -189,8 +176,7 @@ def run(a) -> int:
     a.check_signals()
     save_or_rescue(lambda p: save_record(p, record, overwrite=a.force), out)
     loss = f", loss {r.losses[0]:.4g} -> {r.losses[-1]:.4g} in {r.steps} steps" if r.steps else ""
-    fmt = ("raw text and chat turns" if also_chat is not None else
-           "the chat template" if lm.chat is not None else "raw text")
+    fmt = "the chat template" if lm.chat is not None else "raw text"
     sys.stdout.write(f"wrote {out} ({record.method}, {cfg.maps} maps, {len(record.steering.sites)} sites, trained on "
                      f"{fmt}, preserve: {preserve_note}, {r.seconds:.1f} s{loss}, whole-set OT loss "
                      f"{r.eval_before:.4g} -> {r.eval_after:.4g}, support {record.steering.support():.1%}{cal_note})\n")

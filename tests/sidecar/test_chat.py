@@ -60,12 +60,10 @@ def test_train_generate_eval_use_the_recorded_formatting(chat_dir, texts, tmp_pa
     assert main(["train", "--model", chat_dir, "--source", str(texts / "toxic.txt"), "--target",
                  str(texts / "clean.jsonl"), "--out", str(plain), *FAST, "--no-chat"]) == 0
     assert load_steering(plain)[1].extra["chat"] == {"enabled": False}
-    default = texts / "default.safetensors"  # a model with a chat template: both formats, used on raw text
+    default = texts / "default.safetensors"  # raw text unless asked, even for a model with a chat template
     assert main(["train", "--model", chat_dir, "--source", str(texts / "toxic.txt"), "--target",
                  str(texts / "clean.jsonl"), "--out", str(default), *FAST]) == 0
-    both = load_steering(default)[1].extra["chat"]
-    assert both["also_trained_on_chat"] and not both["enabled"] and both["system"] is None
-    assert "trained on raw text and chat turns" in capsys.readouterr().out
+    assert load_steering(default)[1].extra["chat"] == {"enabled": False}
 
     tok = load_model(chat_dir, "cpu").tokenizer
     rendered = ChatFormat(system="be kind").format(tok, "you are a")
@@ -79,12 +77,6 @@ def test_train_generate_eval_use_the_recorded_formatting(chat_dir, texts, tmp_pa
     assert capsys.readouterr().out == via_file
     assert main(gen + ["--prompt", "you are a", "--no-chat"]) == 0
     assert capsys.readouterr().out != via_file  # the template does change what the model reads
-    gen_both = ["generate", "--model", chat_dir, "--steering", str(default), "--temperature", "0",
-                "--max-new-tokens", "8", "--device", "cpu", "--prompt", "you are a"]
-    assert main(gen_both) == 0  # a map trained on both formats: raw text unless asked
-    raw_out = capsys.readouterr().out
-    assert main(gen_both + ["--no-chat"]) == 0 and capsys.readouterr().out == raw_out
-    assert main(gen_both + ["--chat"]) == 0 and capsys.readouterr().out != raw_out
 
     rep = tmp_path / "rep"
     assert main(["eval", "--model", chat_dir, "--steering", str(out), "--prompts", str(texts / "prompts.txt"),
@@ -118,25 +110,3 @@ def test_default_recipe_is_fast_and_paper_is_one_flag_away(tiny_llama_dir, texts
     assert main(common + ["--out", str(paper), "--recipe", "paper", "--steps", "3"]) == 0
     cfg = load_steering(paper)[1].config
     assert (cfg["optimizer"], cfg["lr"], cfg["steps"]) == ("sgd", 0.1, 3)
-
-
-def test_encode_both_holds_each_text_raw_and_as_a_chat_turn():
-    """Group 0 = the raw texts, group 1 = the same texts as user turns, one left-padded width, and the pooling
-    mask covers exactly the text in both (the template's tokens are not pooled)."""
-    from llm_sidecar.chat import CONTENT_MASK, FORMAT_GROUP, ChatFormat, encode_both
-
-    from .conftest import _tokenizer
-
-    tok = _tokenizer()
-    tok.chat_template = TEMPLATE
-    tok.padding_side = "left"
-    texts = ["you stupid idiot", "the garden is lovely in the morning"]
-    enc = encode_both(tok, texts, ChatFormat(), max_length=64)
-    assert enc[FORMAT_GROUP].tolist() == [0, 0, 1, 1]
-    assert {v.shape[0] for v in enc.values()} == {4}
-    for i, t in enumerate(texts * 2):
-        row = enc["input_ids"][i]
-        assert tok.decode(row[enc[CONTENT_MASK][i].bool()]) == t
-        seen = tok.decode(row[enc["attention_mask"][i].bool()])
-        assert seen == (t if i < 2 else f"{t} . he said ,")
-        assert enc["attention_mask"][i, -1] == 1  # left padding: the text ends at the last column
