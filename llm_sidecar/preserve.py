@@ -118,16 +118,14 @@ class _UnsteeredLogits:
             return self._forward(idx, keep)
         rows = idx.tolist()
         missing = [i for i in rows if i not in self.kept]
-        if len(missing) == len(rows):  # the whole batch is new: the same forward as without keeping
-            out = self._forward(idx, keep)
-            for r, i in enumerate(rows):
-                self.kept[i] = out[r, : self.lengths[i] - 1].cpu()
-            return out
-        if missing:
-            sub = torch.tensor(missing)
-            part = self._forward(sub, int(self.attn[sub].sum(dim=1).max()))
-            for r, i in enumerate(missing):
-                self.kept[i] = part[r, : self.lengths[i] - 1].cpu()
+        if missing:  # the whole batch when all of it is new: the same forward as without keeping
+            whole = len(missing) == len(rows)
+            sub = idx if whole else torch.tensor(missing)
+            part = self._forward(sub, keep if whole else int(self.attn[sub].sum(dim=1).max()))
+            for r, i in enumerate(sub.tolist()):  # a copy of the text's own positions, not a view of the batch
+                self.kept[i] = part[r, : self.lengths[i] - 1].to("cpu", copy=True)
+            if whole:
+                return part
         first = self.kept[rows[0]]
         out = torch.zeros(len(rows), keep - 1, first.shape[-1], dtype=first.dtype)
         for r, i in enumerate(rows):
