@@ -19,7 +19,18 @@ from .errors import (
 )
 from .files import FORMAT_VERSION, SteeringMeta, load_steering, save_steering
 from .fold import FoldReport, fold_, folded_parameters
-from .hooks import Recorder, SteeringHandle, StopForward, attach, is_recomputing, recomputing, run_until_sites, steered
+from .hooks import (
+    Recorder,
+    SteeringHandle,
+    StopForward,
+    attach,
+    context_pass,
+    is_context_pass,
+    is_recomputing,
+    recomputing,
+    run_until_sites,
+    steered,
+)
 from .layerwise import affine_ot_fit, fit_layerwise
 from .loop import fit
 from .losses import ot_loss, wasserstein_1d_sq
@@ -43,7 +54,7 @@ __all__ = [
     "SiteSpec", "PRESETS", "register_preset", "is_norm", "find_sites", "site_specs",
     "Steering", "site_key",
     "attach", "steered", "Recorder", "SteeringHandle", "StopForward", "run_until_sites", "recomputing",
-    "is_recomputing",
+    "is_recomputing", "context_pass", "is_context_pass",
     "pool", "wasserstein_1d_sq", "ot_loss",
     "make_optimizer", "cosine_schedule", "prox_sparse_group_lasso_", "soft_threshold",
     "TrainConfig", "TrainResult", "Forward", "OnStep", "Regularizer", "MAPS",

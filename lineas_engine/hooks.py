@@ -19,7 +19,7 @@ from .sites import SiteSpec
 from .steering import Steering
 
 __all__ = ["StopForward", "Recorder", "SteeringHandle", "attach", "steered", "run_until_sites", "recomputing",
-           "is_recomputing"]
+           "is_recomputing", "context_pass", "is_context_pass"]
 
 logger = logging.getLogger(__name__)
 _state = threading.local()
@@ -39,6 +39,23 @@ def recomputing() -> Iterator[None]:
 
 def is_recomputing() -> bool:
     return getattr(_state, "recomputing", False)
+
+
+@contextlib.contextmanager
+def context_pass() -> Iterator[None]:
+    """Marks a forward whose only use is as context for the next one (in the thread that runs it), e.g. a
+    prompt prefix shared by every sample, run once and its KV cache reused: the steering acts (the prefix
+    is read steered, as at inference), recorders do not record and the last site does not stop it."""
+    prev = getattr(_state, "context_pass", False)
+    _state.context_pass = True
+    try:
+        yield
+    finally:
+        _state.context_pass = prev
+
+
+def is_context_pass() -> bool:
+    return getattr(_state, "context_pass", False)
 
 
 class StopForward(Exception):
@@ -163,9 +180,10 @@ def _make_hook(site: str, steering: Steering | None, strength: float, recorder: 
             )
         if steering is not None:
             output = steering.apply_to(site, output, strength)
-        if recorder is not None:
+        context = is_context_pass()
+        if recorder is not None and not context:
             recorder.record(site, output)
-        if stop and not is_recomputing():
+        if stop and not context and not is_recomputing():
             raise StopForward(site)
         return output if steering is not None else None
 

@@ -28,6 +28,11 @@ def encode(lm: LoadedModel, texts: Sequence[str], max_length: int = 64) -> dict[
     return encode_texts(lm.tokenizer, texts, lm.chat, max_length)
 
 
+def _pad_id(tokenizer) -> int:
+    pad = tokenizer.pad_token_id
+    return pad if pad is not None else (tokenizer.eos_token_id or 0)
+
+
 def lm_forward(lm: LoadedModel) -> Callable[[dict], object]:
     dev = lm.device
     return lambda b: lm.model(input_ids=b["input_ids"].to(dev), attention_mask=b["attention_mask"].to(dev),
@@ -71,7 +76,15 @@ def train_steering(
         regularizer = kl_regularizer(lm, preserve, preserve_weight, seed=cfg.seed)
     sites = choose_sites(lm.model, sites_pattern)
     src, tgt = encode(lm, source, max_length), encode(lm, target, max_length)
-    steering, result = train(lm.model, site_specs(lm.model, sites), lm_forward(lm), src, tgt, method=method,
+    forward = lm_forward(lm)
+    if lm.chat is not None:  # the template's shared first tokens run once per batch (see .prefix)
+        from .prefix import prefixed_forward, split_shared_prefix
+
+        prefix, (src, tgt) = split_shared_prefix([src, tgt], cfg.mask_key, _pad_id(lm.tokenizer))
+        if prefix is not None:
+            logger.info("chat template: its %d shared first tokens run once per batch", prefix.shape[1])
+            forward = prefixed_forward(lm.model, prefix, lm.device)
+    steering, result = train(lm.model, site_specs(lm.model, sites), forward, src, tgt, method=method,
                              config=cfg, on_step=on_step, device=lm.device, regularizer=regularizer)
     fingerprint = {**model_fingerprint(lm.model, lm.architecture), "model": lm.name}
     record = SteeringRecord.from_training(steering, result, cfg, name=name, fingerprint=fingerprint,

@@ -70,3 +70,29 @@ def test_recorder_does_not_record_while_recomputing():
     with recomputing():
         rec.record("a", torch.zeros(2, 3))
     torch.testing.assert_close(rec.take()["a"], torch.ones(2, 3))
+
+
+def test_context_pass_steers_but_neither_records_nor_stops():
+    from lineas_engine import StopForward, context_pass, is_context_pass
+
+    net = Net(False).requires_grad_(False)
+    sites = [f"blocks.{i}.1" for i in range(3)]
+    steering = Steering({s: SiteSpec(6, channel_axis=-1) for s in sites})
+    with torch.no_grad():
+        steering.weight(sites[0]).mul_(0)  # the first site zeroes its output: steering visibly acts
+    x = torch.randn(4, 6, generator=torch.Generator().manual_seed(1))
+    rec = Recorder({sites[0]: steering.specs[sites[0]]})
+    with attach(net, steering, recorder=rec, stop_after=sites[0]):
+        with context_pass():
+            assert is_context_pass()
+            out = net(x)  # past the stop site, nothing recorded
+        assert not is_context_pass()
+        assert all(not v for v in rec.pooled.values())
+        try:
+            net(x)
+            raise AssertionError("the stop site did not stop a normal pass")
+        except StopForward:
+            pass
+    with torch.no_grad(), attach(net, steering):
+        torch.testing.assert_close(out, net(x))  # the context pass was steered like a plain steered pass
+    torch.testing.assert_close(rec.take()[sites[0]], torch.zeros(4, 6))  # the normal pass recorded
