@@ -12,9 +12,9 @@ from typing import Callable, Sequence
 
 import torch
 
-from lineas_engine import context_pass
+from lineas_engine import context_pass, forward_recorded, slice_samples
 
-__all__ = ["split_shared_prefix", "prefixed_forward"]
+__all__ = ["split_shared_prefix", "prefixed_forward", "prefix_difference"]
 
 
 def _rows(batch: dict, mask_key: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -77,3 +77,16 @@ def prefixed_forward(model, prefix: torch.Tensor, device) -> Callable[[dict], ob
         return model(input_ids=ids, attention_mask=full, use_cache=True, **{name: cache})
 
     return forward
+
+
+def prefix_difference(model, specs, full_forward, forward, full: dict, short: dict, mask_key: str,
+                      samples: int = 2) -> float:
+    """Largest difference, relative to the largest activation, between the unsteered pooled activations of the
+    first ``samples`` texts run whole (``full_forward``) and through :func:`prefixed_forward`: a check, before
+    training, that the model's cache and positions behave as this module assumes (else: train on the full texts)."""
+    part = slice(0, samples)
+    with torch.no_grad():
+        want, _ = forward_recorded(model, specs, full_forward, slice_samples(full, part), mask_key=mask_key)
+        got, _ = forward_recorded(model, specs, forward, slice_samples(short, part), mask_key=mask_key)
+    return max(float((got[s].float() - want[s].float()).abs().max() / want[s].float().abs().max().clamp_min(1e-12))
+               for s in want)

@@ -39,6 +39,36 @@ def lm_forward(lm: LoadedModel) -> Callable[[dict], object]:
                               use_cache=False)
 
 
+#: largest relative difference of pooled activations the shared-prefix forward may show (float rounding: fp32 about
+#: 1e-6 measured on SmolLM2; bf16 / fp16 round each activation to 3 significant digits)
+PREFIX_TOLERANCE = {torch.float32: 1e-3, torch.float64: 1e-3}
+PREFIX_TOLERANCE_HALF = 5e-2
+
+
+def _shared_prefix(lm: LoadedModel, specs, forward, src: dict, tgt: dict, mask_key: str):
+    """Chat training: the template's shared first tokens run once per batch (see :mod:`.prefix`) when the model
+    reproduces the full texts that way (checked on two texts), else the full texts, with a warning."""
+    from .prefix import prefix_difference, prefixed_forward, split_shared_prefix
+
+    prefix, (short_src, short_tgt) = split_shared_prefix([src, tgt], mask_key, _pad_id(lm.tokenizer))
+    if prefix is None:
+        return forward, src, tgt
+    fast = prefixed_forward(lm.model, prefix, lm.device)
+    tolerance = PREFIX_TOLERANCE.get(lm.dtype, PREFIX_TOLERANCE_HALF)
+    try:
+        diff = prefix_difference(lm.model, specs, forward, fast, src, short_src, mask_key)
+        why = f"pooled activations differ by {diff:.2g} (relative; at most {tolerance:g} expected)"
+    except Exception as e:  # noqa: BLE001 - any failure of the shortcut means: train on the full texts
+        diff, why = float("inf"), f"{type(e).__name__}: {e}"
+    if diff <= tolerance:
+        logger.info("chat template: its %d shared first tokens run once per batch (%s)", prefix.shape[1], why)
+        return fast, short_src, short_tgt
+    logger.warning("chat template: running its %d shared first tokens once per batch does not reproduce the full "
+                   "texts on %s (%s); training reads the full texts (slower, same result)", prefix.shape[1],
+                   lm.architecture, why)
+    return forward, src, tgt
+
+
 def train_steering(
     lm: LoadedModel,
     source: Sequence[str],
@@ -76,15 +106,11 @@ def train_steering(
         regularizer = kl_regularizer(lm, preserve, preserve_weight, seed=cfg.seed)
     sites = choose_sites(lm.model, sites_pattern)
     src, tgt = encode(lm, source, max_length), encode(lm, target, max_length)
+    specs = site_specs(lm.model, sites)
     forward = lm_forward(lm)
-    if lm.chat is not None:  # the template's shared first tokens run once per batch (see .prefix)
-        from .prefix import prefixed_forward, split_shared_prefix
-
-        prefix, (src, tgt) = split_shared_prefix([src, tgt], cfg.mask_key, _pad_id(lm.tokenizer))
-        if prefix is not None:
-            logger.info("chat template: its %d shared first tokens run once per batch", prefix.shape[1])
-            forward = prefixed_forward(lm.model, prefix, lm.device)
-    steering, result = train(lm.model, site_specs(lm.model, sites), forward, src, tgt, method=method,
+    if lm.chat is not None:
+        forward, src, tgt = _shared_prefix(lm, specs, forward, src, tgt, cfg.mask_key)
+    steering, result = train(lm.model, specs, forward, src, tgt, method=method,
                              config=cfg, on_step=on_step, device=lm.device, regularizer=regularizer)
     fingerprint = {**model_fingerprint(lm.model, lm.architecture), "model": lm.name}
     record = SteeringRecord.from_training(steering, result, cfg, name=name, fingerprint=fingerprint,

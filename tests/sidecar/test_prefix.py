@@ -95,3 +95,25 @@ def test_no_shared_prefix_leaves_the_batches_as_they_are(tiny_llama_dir):
     batch = encode(lm, TOXIC)
     prefix, (same,) = split_shared_prefix([batch], CONTENT_MASK, 0)
     assert prefix is None and same is batch
+
+
+def test_training_checks_the_shortcut_and_falls_back_to_the_full_texts(tiny_llama_dir, monkeypatch, caplog):
+    import logging
+
+    from lineas_engine import TrainConfig
+    from llm_sidecar import prefix, train
+
+    lm = _chat_lm(tiny_llama_dir)
+    cfg = TrainConfig(steps=3, optimizer="sgd", lr=0.1, batch_size=8, maps="scale")
+    with caplog.at_level(logging.INFO, logger="llm_sidecar.train"):
+        fast, _ = train.train_steering(lm, TOXIC, CLEAN, config=cfg)
+    assert "its 5 shared first tokens run once per batch" in caplog.text
+    caplog.clear()
+    # a wrong shortcut (the prefix dropped) must be caught before training, which then reads the full texts
+    monkeypatch.setattr(prefix, "prefixed_forward", lambda model, p, device: train.lm_forward(lm))
+    with caplog.at_level(logging.INFO, logger="llm_sidecar.train"):
+        full, _ = train.train_steering(lm, TOXIC, CLEAN, config=cfg)
+    assert "does not reproduce the full texts" in caplog.text
+    for s in fast.steering.sites:  # both trained on what the full texts give, up to float rounding
+        torch.testing.assert_close(fast.steering.weight(s), full.steering.weight(s), rtol=0, atol=1e-5)
+    assert any((fast.steering.weight(s) - 1).abs().max() > 1e-4 for s in fast.steering.sites)
