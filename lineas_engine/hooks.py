@@ -26,15 +26,22 @@ _state = threading.local()
 
 
 @contextlib.contextmanager
-def recomputing() -> Iterator[None]:
-    """Marks a gradient-checkpointing recompute pass (in the thread that runs it): the steering still acts,
-    but recorders do not record a second time and the last site does not stop the forward."""
-    prev = getattr(_state, "recomputing", False)
-    _state.recomputing = True
+def _marked(flag: str) -> Iterator[None]:
+    """Sets the thread-local ``flag`` for the block (nested blocks restore the outer value)."""
+    prev = getattr(_state, flag, False)
+    setattr(_state, flag, True)
     try:
         yield
     finally:
-        _state.recomputing = prev
+        setattr(_state, flag, prev)
+
+
+@contextlib.contextmanager
+def recomputing() -> Iterator[None]:
+    """Marks a gradient-checkpointing recompute pass (in the thread that runs it): the steering still acts,
+    but recorders do not record a second time and the last site does not stop the forward."""
+    with _marked("recomputing"):
+        yield
 
 
 def is_recomputing() -> bool:
@@ -46,12 +53,8 @@ def context_pass() -> Iterator[None]:
     """Marks a forward whose only use is as context for the next one (in the thread that runs it), e.g. a
     prompt prefix shared by every sample, run once and its KV cache reused: the steering acts (the prefix
     is read steered, as at inference), recorders do not record and the last site does not stop it."""
-    prev = getattr(_state, "context_pass", False)
-    _state.context_pass = True
-    try:
+    with _marked("context_pass"):
         yield
-    finally:
-        _state.context_pass = prev
 
 
 def is_context_pass() -> bool:

@@ -1,4 +1,4 @@
-"""Chat-formatted training texts share their first tokens (the template's system prompt and user header: 25 of
+"""Chat-formatted training texts share their first tokens (the template's system prompt and user header: 24 of
 SmolLM2-Instruct's ~47). Training runs them once per forward, under the steering, and the whole batch reads
 their KV cache; each sample keeps only its own tokens, from the end of the shared prefix to its last pooled
 token (the template's trailing tokens come after everything that is pooled, so in a causal model they change
