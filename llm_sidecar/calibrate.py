@@ -57,47 +57,56 @@ def search_strength(increase: Callable[[float], float], budget: float, *, tolera
     0 at lambda 0, assumed increasing), to within ``tolerance`` in lambda, or as soon as a feasible lambda
     reaches ``(1 - close) * budget``. A secant in log-log space: each guess fits ``a * lambda**p`` through
     the two evaluations nearest the budget (p = 2 while only one is known) and aims at
-    ``(1 - close / 2) * budget``; it is kept inside the bracket, and the third guess in a row on the same side
-    of the budget is a bisection, so the bracket always closes. ``upper`` when it fits. With ``upper > 1`` the
-    first evaluation is still at 1 (the trained map): over the budget, the search stays in [0, 1]; within it, the
-    search goes on in [1, upper]."""
+    ``(1 - close / 2) * budget``; it is kept inside the bracket. After two guesses in a row on the same side of
+    the budget the next one aims just across it, and after three it bisects the bracket, so the bracket
+    always closes. ``upper`` when it fits. With ``upper > 1`` the first evaluation is still at 1 (the trained
+    map): over the budget, the search stays in [0, 1]; within it, the next guess extrapolates from it towards
+    the budget (capped at ``upper``), so a far strength is evaluated only when the curve leads there."""
     hi = min(1.0, upper)
-    f_hi, evals = increase(hi), 1
+    f_hi: float | None = increase(hi)
+    evals = 1
     lo, f_lo = 0.0, 0.0
     if f_hi <= budget:
         if hi >= upper:
             return hi
-        lo, f_lo = hi, f_hi  # the trained map fits: search (1, upper]
-        hi, f_hi, evals = upper, increase(upper), 2
-        if f_hi <= budget:
-            return upper
-    above = [(hi, f_hi)]  # evaluations over the budget, newest last
+        lo, f_lo = hi, f_hi  # the trained map fits: search (1, upper], whose end is not evaluated yet
+        hi, f_hi = upper, None
+    seen = [(lo, f_lo)] if lo > 0 else [(hi, f_hi)]  # evaluations, newest last
     target = budget * (1 - close / 2)
     last_side, run = None, 0  # run: guesses in a row that landed on the same side of the budget
     for _ in range(max_evals - evals):
         if hi - lo <= tolerance or f_lo >= (1 - close) * budget:
             break
-        if run >= 2:
+        if run >= 3 and f_hi is not None:
             guess = (lo + hi) / 2
         else:
-            if lo > 0 and f_lo > 0:
+            if lo > 0 and f_lo > 0 and f_hi is not None:
                 (s0, f0), (s1, f1) = (lo, f_lo), (hi, f_hi)
-            elif len(above) >= 2:
-                (s0, f0), (s1, f1) = above[-1], above[-2]
+            elif len(seen) >= 2:
+                (s0, f0), (s1, f1) = seen[-1], seen[-2]
             else:
-                (s0, f0), (s1, f1) = (hi, f_hi), (hi, f_hi)
-            p = math.log(f1 / f0) / math.log(s1 / s0) if s1 != s0 and f1 > f0 > 0 else 2.0
-            guess = s0 * (target / f0) ** (1 / p)
+                (s0, f0), (s1, f1) = seen[-1], seen[-1]
+            p = math.log(f1 / f0) / math.log(s1 / s0) if s1 != s0 and f0 > 0 and f1 > 0 else 2.0
+            if not 0.1 <= p <= 20:  # noise or a flat stretch: assume the usual square law
+                p = 2.0
+            aim = target
+            if run >= 2:  # stuck on one side: aim just across the budget
+                aim = budget * (1 + close / 2) if last_side else budget * (1 - 1.5 * close)
             width = hi - lo
-            guess = min(max(guess, lo + 0.02 * width), hi - 0.02 * width)
+            if f0 > 0:
+                guess = s0 * (aim / f0) ** (1 / p)
+            else:  # no rise yet at s0: nothing to extrapolate from
+                guess = hi if f_hi is None else lo + width / 2
+            top = hi if f_hi is None else hi - 0.02 * width  # an unevaluated upper end may be tried itself
+            guess = min(max(guess, lo + 0.02 * width), top)
         f = increase(guess)
+        seen.append((guess, f))
         side = f <= budget
         run, last_side = (run + 1 if side == last_side else 1), side
         if side:
             lo, f_lo = guess, f
         else:
             hi, f_hi = guess, f
-            above.append((guess, f))
     return lo
 
 

@@ -61,6 +61,53 @@ def test_strength_search_on_the_measured_curve_needs_three_evaluations():
     assert 0.95 * 0.1 <= f(lam) <= 0.1 and len(calls) <= 4, calls
 
 
+def _through(pts):
+    """Piecewise power law through measured (strength, rise) points, the square law before the first."""
+    def f(s):
+        prev = (0.0, 0.0)
+        for x, y in pts:
+            if s <= x:
+                if prev[0] == 0:
+                    return y * (s / x) ** 2
+                p = math.log(y / prev[1]) / math.log(x / prev[0])
+                return prev[1] * (s / prev[0]) ** p
+            prev = (x, y)
+        p = math.log(pts[-1][1] / pts[-2][1]) / math.log(pts[-1][0] / pts[-2][0])
+        return pts[-1][1] * (s / pts[-1][0]) ** p
+    return f
+
+
+def test_strength_search_past_the_trained_map_on_the_default_runs_curve():
+    """The default `train --calibrate-on` of SmolLM2 (docs/results/llm_defaults/smollm2_train.log): +3.0 % at
+    the trained map, +8.3 % at 1.5776, +9.5 % at 1.6742, +9.8 % at 1.6975, +34.8 % at 2.8371, +108.7 % at 4.
+    Searching up to 4 it took 6 evaluations, two of them far past the budget (4 and 2.84); extrapolating from
+    the trained map it needs at most 4 and none past +20 %."""
+    f = _through([(1.0, 0.030), (1.5776, 0.083), (1.6742, 0.095), (1.6975, 0.098), (2.8371, 0.348),
+                  (4.0, 1.087)])
+    calls = []
+    lam = search_strength(lambda s: calls.append(s) or f(s), 0.1, upper=4.0)
+    assert 0.95 * 0.1 <= f(lam) <= 0.1, (lam, calls)
+    assert calls[0] == 1.0 and len(calls) <= 4 and max(f(s) for s in calls) < 0.2, calls
+
+
+@pytest.mark.parametrize("curve", sorted(CURVES))
+def test_strength_search_past_the_trained_map_on_every_curve(curve):
+    """The same curves stretched so that the trained map is under the budget: the search goes past 1, stays
+    feasible and tight, and closes within max_evals even on the kinked and flat-then-steep ones."""
+    f, calls = (lambda s: CURVES[curve](s / 3)), []
+    lam = search_strength(lambda s: calls.append(s) or f(s), 0.05, upper=4.0)
+    assert f(lam) <= 0.05 and calls[0] == 1.0 and len(calls) <= 12
+    assert lam == 4.0 or f(lam) >= 0.95 * 0.05 or f(lam + 2**-6) > 0.05, (lam, calls)
+
+
+def test_strength_search_when_the_trained_map_costs_nothing():
+    """No rise at all at the trained map (a flat start): the search tries the upper end instead of dividing by 0."""
+    f = lambda s: 0.0 if s <= 1 else 0.02 * (s - 1) ** 2  # noqa: E731
+    calls = []
+    lam = search_strength(lambda s: calls.append(s) or f(s), 0.05, upper=4.0)
+    assert f(lam) <= 0.05 and (f(lam) >= 0.95 * 0.05 or f(lam + 2**-6) > 0.05), (lam, calls)
+
+
 def test_strength_search_keeps_full_strength_when_it_fits():
     assert search_strength(lambda lam: 0.01 * lam, 0.1) == 1.0
 
