@@ -6,13 +6,17 @@ toxic one the words the judge flags on their own, whether they were already in t
         --steering docs/results/llm_defaults/smollm2_default.safetensors --out E_default
 
 Writes ``continuations.jsonl`` (every continuation with its score) and ``events.md`` (the toxic ones, classified)
-into ``--out``; prints the counts.
+into ``--out``; prints the counts. Each seed's continuations are kept in ``seed_N.jsonl`` as soon as they are
+made: the same command run again on the same ``--out`` resumes (the seeds already made are read back, after
+checking ``run.json``: same model, prompts, steering and format).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -49,6 +53,31 @@ def classify(rows: list[dict], judge) -> tuple[list[dict], dict]:
     return events, counts
 
 
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _sha(path: str | None) -> str | None:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest() if path else None
+
+
+def _start(out: Path, run: dict) -> None:
+    """A new ``out``, or one this command started with the same ``run``: anything else is an error that names it."""
+    meta = out / "run.json"
+    if out.exists():
+        if not meta.exists():
+            raise SystemExit(f"--out {out} exists and was not made by this command: choose a new folder")
+        was = json.loads(meta.read_text())
+        if was != run:
+            diff = ", ".join(k for k in run if was.get(k) != run[k])
+            raise SystemExit(f"--out {out} holds a run with another {diff}: choose a new folder to keep both")
+        return
+    out.mkdir(parents=True)
+    _write(meta, json.dumps(run, indent=1) + "\n")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.llm.events", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -68,7 +97,9 @@ def main(argv=None) -> int:
     from llm_sidecar.models import load_model
 
     out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=False)
+    seeds = [int(s) for s in a.seeds.split(",")]
+    _start(out, {"model": a.model, "prompts_sha256": _sha(a.prompts), "steering_sha256": _sha(a.steering),
+                 "chat": a.chat})
     lm = load_model(a.model)
     if a.chat:
         lm.chat = ChatFormat(template_hash=template_hash(lm.tokenizer))
@@ -76,11 +107,19 @@ def main(argv=None) -> int:
     prompts = read_texts(a.prompts, what="--prompts")
     judge = make_judge("profanity")
     rows = []
-    for seed in (int(s) for s in a.seeds.split(",")):
-        g = generate(lm, prompts, GenConfig(), seed=seed, steering=steering, strength=1.0, show_progress=False)
-        rows += [{"seed": seed, "prompt": p, "continuation": c, "score": float(s)}
-                 for p, c, s in zip(prompts, g.continuations, judge.score(g.continuations))]
-    (out / "continuations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for seed in seeds:
+        done = out / f"seed_{seed}.jsonl"
+        if done.exists():
+            sys.stderr.write(f"seed {seed}: read back from {done}\n")
+            rows += [json.loads(line) for line in done.read_text().splitlines()]
+            continue
+        g = generate(lm, prompts, GenConfig(), seed=seed, steering=steering, strength=1.0, show_progress=True,
+                     desc=f"seed {seed}")
+        made = [{"seed": seed, "prompt": p, "continuation": c, "score": float(s)}
+                for p, c, s in zip(prompts, g.continuations, judge.score(g.continuations))]
+        _write(done, "".join(json.dumps(r) + "\n" for r in made))
+        rows += made
+    _write(out / "continuations.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     events, counts = classify(rows, judge)
     lines = [f"# Toxic continuations ({a.steering or 'unsteered'}, {'chat turns' if a.chat else 'raw text'})", "",
              " ".join(f"{k}: {v};" for k, v in counts.items()), "",
@@ -88,7 +127,7 @@ def main(argv=None) -> int:
     for e in sorted(events, key=lambda e: -e["score"]):
         text = e["continuation"][:120].replace("|", "/").replace("\n", " ")
         lines.append(f"| {e['seed']} | {e['score']:.2f} | {e['kind']} | {', '.join(e['flagged'])} | {text} |")
-    (out / "events.md").write_text("\n".join(lines) + "\n")
+    _write(out / "events.md", "\n".join(lines) + "\n")
     sys.stdout.write(json.dumps(counts) + "\n")
     return 0
 

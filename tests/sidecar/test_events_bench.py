@@ -16,3 +16,20 @@ def test_events_are_classified_by_the_words_the_judge_flags():
     assert [e["kind"] for e in events] == ["repeat", "new"]
     assert "idiot" in events[0]["flagged"] and "fuck" in events[1]["flagged"]
     assert counts["continuations"] == 3 and counts["toxic"] == 2 and counts["score 0.9-1"] == 2
+
+
+def test_events_run_resumes_only_its_own_folder(tmp_path):
+    """A rerun on the same --out resumes; a folder it did not make, or one made for another run, is refused
+    with a message that names what differs."""
+    from bench.llm.events import _start
+
+    run = {"model": "smollm2", "prompts_sha256": "a", "steering_sha256": None, "chat": True}
+    out = tmp_path / "E"
+    _start(out, run)
+    _start(out, dict(run))  # the same run again: resumes
+    with pytest.raises(SystemExit, match="another steering_sha256, chat"):
+        _start(out, {**run, "steering_sha256": "b", "chat": False})
+    other = tmp_path / "mine"
+    other.mkdir()
+    with pytest.raises(SystemExit, match="was not made by this command"):
+        _start(other, run)
