@@ -117,3 +117,25 @@ def test_training_checks_the_shortcut_and_falls_back_to_the_full_texts(tiny_llam
     for s in fast.steering.sites:  # both trained on what the full texts give, up to float rounding
         torch.testing.assert_close(fast.steering.weight(s), full.steering.weight(s), rtol=0, atol=1e-5)
     assert any((fast.steering.weight(s) - 1).abs().max() > 1e-4 for s in fast.steering.sites)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+def test_the_shortcut_passes_its_check_in_half_precision(family, dtype, tiny_llama_dir, tiny_gemma_dir, caplog):
+    """GPU users train in bf16 / fp16: the cache's rounding must stay within the half-precision tolerance, or
+    every chat training there would fall back to the full texts (slower, with a warning)."""
+    import logging
+
+    from lineas_engine import TrainConfig
+    from llm_sidecar import train
+    from llm_sidecar.chat import ChatFormat
+    from llm_sidecar.models import load_model
+
+    lm = load_model(tiny_llama_dir if family == "llama" else tiny_gemma_dir, device="cpu", dtype=dtype)
+    lm.tokenizer.chat_template = TEMPLATE
+    lm.tokenizer.padding_side = "left"
+    lm.chat = ChatFormat(system="be kind")
+    cfg = TrainConfig(steps=2, optimizer="sgd", lr=0.1, batch_size=4, maps="scale")
+    with caplog.at_level(logging.INFO, logger="llm_sidecar.train"):
+        train.train_steering(lm, TOXIC[:3] + [LONG], CLEAN[:4], config=cfg)
+    assert "shared first tokens run once per batch" in caplog.text, caplog.text
