@@ -9,7 +9,7 @@ import logging
 import sys
 
 BENCHES = {"engine": "bench.engine_bench", "comfy": "bench.comfy_bench", "llm-speed": "bench.llm.speed",
-           "loss": "bench.loss_bench"}
+           "loss": "bench.loss_bench", "preserve": "bench.llm.preserve_term"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,7 +21,7 @@ from .models import LoadedModel
 from .perplexity import encode_scored
 
 __all__ = ["PRESERVE_WEIGHT", "MAX_STRENGTH_PRESERVED", "PRESERVE_CACHE_BYTES", "EMBEDDED_PRESERVE",
-           "embedded_preserve_texts", "kl_regularizer", "next_token_kl"]
+           "embedded_preserve_texts", "kl_regularizer", "next_token_kl", "unsteered_targets", "kl_to_targets"]
 
 #: default weight of the KL term (nats per token) against the OT loss (a mean over coordinates, about 1e-3 at
 #: the start on SmolLM2). Measured on SmolLM2-135M (docs/results/llm_detox_log.md, "A fluency term"): 0.001, 0.003 and
@@ -52,11 +52,22 @@ def embedded_preserve_texts() -> list[str]:
         raise LineasError(f"{e}; or give --preserve FILE (neutral texts), or --no-preserve") from None
 
 
+def unsteered_targets(base_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the KL needs of the unsteered logits ([..., V]), in fp32: p_base and sum(p_base log p_base) per
+    position. Computed once per text when they are kept, so a step costs one log-softmax instead of two."""
+    logp = torch.log_softmax(base_logits.float(), dim=-1)
+    p = logp.exp()
+    return p, (p * logp).sum(dim=-1)
+
+
+def kl_to_targets(p: torch.Tensor, neg_entropy: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """KL(p_base || softmax(logits)) per position: sum p_base log p_base - sum p_base log p."""
+    return neg_entropy - (p * torch.log_softmax(logits.float(), dim=-1)).sum(dim=-1)
+
+
 def next_token_kl(base_logits: torch.Tensor, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean over the positions where ``mask`` is 1 of KL(p_base || p), p = softmax of the logits ([B, T, V])."""
-    base = torch.log_softmax(base_logits.float(), dim=-1)
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    per_position = (base.exp() * (base - logp)).sum(dim=-1)
+    per_position = kl_to_targets(*unsteered_targets(base_logits), logits)
     m = mask.to(per_position.dtype)
     return (per_position * m).sum() / m.sum().clamp_min(1)
 
@@ -80,40 +91,44 @@ def kl_regularizer(
     enc = encode_scored(lm.tokenizer, texts, max_length)
     ids, attn = enc["input_ids"], enc["attention_mask"]
     batches = minibatches(len(texts), min(batch_size, len(texts)), torch.Generator().manual_seed(seed))
-    base = _UnsteeredLogits(model, ids, attn, dev)
+    base = _UnsteeredTargets(model, ids, attn, dev)
 
     def regularizer(step: int, steered: Callable[[], ContextManager]) -> torch.Tensor:
         idx = next(batches)
         keep = int(attn[idx].sum(dim=1).max())  # right padding: drop the all-padding tail of this batch
         b_ids, b_attn = ids[idx, :keep].to(dev), attn[idx, :keep].to(dev)
-        base_logits = base(idx, keep)
+        p, neg = base(idx, keep)
         with steered():
             logits = model(input_ids=b_ids, attention_mask=b_attn, use_cache=False).logits[:, :-1]
-        return weight * next_token_kl(base_logits, logits.to(base_logits.device),
-                                      attn[idx, 1:keep].to(base_logits.device))
+        # only the predicted positions of each text (right padding: mask = its next token is real), row by row
+        kl = kl_to_targets(p, neg, logits[attn[idx, 1:keep].to(logits.device).bool()].to(p.device))
+        return weight * kl.mean()
 
     return regularizer
 
 
-class _UnsteeredLogits:
-    """The unsteered model's next-token logits on rows ``idx`` of the preserve texts, [B, keep - 1, V]: computed
-    with the batch the first time a text is drawn and kept (on the CPU, each text's own positions) when all of
-    them fit in :data:`PRESERVE_CACHE_BYTES`, else computed every time. The model is frozen during training, so
-    a kept row is what the forward would give again (up to the float rounding of another batch shape)."""
+class _UnsteeredTargets:
+    """For rows ``idx`` of the preserve texts, :func:`unsteered_targets` at their predicted positions, text after
+    text (``(p_base [N, V], sum p log p [N])``, N = the sum of their lengths - 1: the order of
+    ``logits[attn[:, 1:].bool()]``): computed from the unsteered model with the batch the first time a text is
+    drawn and kept (on the CPU, per text) when all of them fit in :data:`PRESERVE_CACHE_BYTES`, else computed
+    every time. The model is frozen during training, so a kept row is what the forward would give again (up to the
+    float rounding of another batch shape)."""
 
     def __init__(self, model, ids: torch.Tensor, attn: torch.Tensor, device, limit: int = PRESERVE_CACHE_BYTES):
         self.model, self.ids, self.attn, self.device = model, ids, attn, device
         self.lengths = attn.sum(dim=1).tolist()
         vocab = getattr(getattr(model, "config", None), "vocab_size", None)
         size = sum(max(n - 1, 0) for n in self.lengths) * (vocab or 0) * 4
-        self.kept: dict[int, torch.Tensor] | None = {} if vocab and size <= limit else None
+        self.kept: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = {} if vocab and size <= limit else None
 
-    def _forward(self, idx: torch.Tensor, keep: int) -> torch.Tensor:
+    def _forward(self, idx: torch.Tensor, keep: int) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.no_grad():
-            return self.model(input_ids=self.ids[idx, :keep].to(self.device),
-                              attention_mask=self.attn[idx, :keep].to(self.device), use_cache=False).logits[:, :-1]
+            logits = self.model(input_ids=self.ids[idx, :keep].to(self.device),
+                                attention_mask=self.attn[idx, :keep].to(self.device), use_cache=False).logits
+            return unsteered_targets(logits[:, :-1][self.attn[idx, 1:keep].to(logits.device).bool()])
 
-    def __call__(self, idx: torch.Tensor, keep: int) -> torch.Tensor:
+    def __call__(self, idx: torch.Tensor, keep: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self.kept is None:
             return self._forward(idx, keep)
         rows = idx.tolist()
@@ -121,13 +136,13 @@ class _UnsteeredLogits:
         if missing:  # the whole batch when all of it is new: the same forward as without keeping
             whole = len(missing) == len(rows)
             sub = idx if whole else torch.tensor(missing)
-            part = self._forward(sub, keep if whole else int(self.attn[sub].sum(dim=1).max()))
-            for r, i in enumerate(sub.tolist()):  # a copy of the text's own positions, not a view of the batch
-                self.kept[i] = part[r, : self.lengths[i] - 1].to("cpu", copy=True)
+            p, neg = self._forward(sub, keep if whole else int(self.attn[sub].sum(dim=1).max()))
+            at = 0
+            for i in sub.tolist():  # copies of each text's own positions, not views of the batch
+                n = self.lengths[i] - 1
+                self.kept[i] = (p[at: at + n].to("cpu", copy=True), neg[at: at + n].to("cpu", copy=True))
+                at += n
             if whole:
-                return part
-        first = self.kept[rows[0]]
-        out = torch.zeros(len(rows), keep - 1, first.shape[-1], dtype=first.dtype)
-        for r, i in enumerate(rows):
-            out[r, : self.lengths[i] - 1] = self.kept[i]
-        return out.to(self.device)
+                return p, neg
+        return (torch.cat([self.kept[i][0] for i in rows]).to(self.device),
+                torch.cat([self.kept[i][1] for i in rows]).to(self.device))

@@ -31,6 +31,18 @@ def test_four_workflows_exist_and_are_ui_format():
         assert OUR_NODES & {n["type"] for n in wf["nodes"]}, p.name
 
 
+@pytest.mark.comfy
+def test_committed_templates_are_what_the_builder_makes(comfy):
+    """workflows/*.json are built by `python -m devtools.templates` from the nodes' own definitions: a file
+    edited by hand, or a node whose inputs changed without rebuilding, shows here (rebuild with that command)."""
+    from devtools.templates import TEMPLATES, build
+
+    for name, steps in TEMPLATES.items():
+        built = json.loads(json.dumps(build(comfy.nodes.NODE_CLASS_MAPPINGS, steps(), name)))
+        assert json.loads((REPO / "workflows" / f"{name}.json").read_text()) == built, (
+            f"workflows/{name}.json differs from what devtools.templates builds: run python -m devtools.templates")
+
+
 def _shrink(prompt: dict, style_dir: Path) -> dict:
     """Make a user workflow cheap enough for this CPU: the tiny checkpoint, 64 px, few steps."""
     for node in prompt.values():

@@ -27,19 +27,19 @@ def test_next_token_kl_is_torchs_kl_divergence_over_the_masked_positions():
 
 
 @pytest.mark.parametrize("limit", [None, 0])
-def test_kept_unsteered_logits_are_the_forwards_own(tiny_llama_dir, limit):
-    """The unsteered logits of the preserve texts, kept after their first batch, equal a fresh forward of every
-    later batch (other compositions, other padding widths), and the model runs once per text instead of once per
-    step; with no room to keep them (limit 0) every call runs the model."""
+def test_kept_unsteered_targets_are_the_forwards_own(tiny_llama_dir, limit):
+    """What the KL needs of the unsteered logits of the preserve texts, kept after their first batch, equals what
+    a fresh forward of every later batch gives (other compositions, other padding widths), and the model runs once
+    per text instead of once per step; with no room to keep them (limit 0) every call runs the model."""
     from lineas_engine.samples import minibatches
     from llm_sidecar.models import load_model
     from llm_sidecar.perplexity import encode_scored
-    from llm_sidecar.preserve import PRESERVE_CACHE_BYTES, _UnsteeredLogits
+    from llm_sidecar.preserve import PRESERVE_CACHE_BYTES, _UnsteeredTargets, unsteered_targets
 
     lm = load_model(tiny_llama_dir, device="cpu")
     enc = encode_scored(lm.tokenizer, NEUTRAL[:6], 128)
     ids, attn = enc["input_ids"], enc["attention_mask"]
-    base = _UnsteeredLogits(lm.model, ids, attn, "cpu", PRESERVE_CACHE_BYTES if limit is None else limit)
+    base = _UnsteeredTargets(lm.model, ids, attn, "cpu", PRESERVE_CACHE_BYTES if limit is None else limit)
     calls = []
     hook = lm.model.register_forward_hook(lambda m, i, o: calls.append(1))
     batches = minibatches(len(ids), 4, torch.Generator().manual_seed(0))
@@ -52,12 +52,59 @@ def test_kept_unsteered_logits_are_the_forwards_own(tiny_llama_dir, limit):
             with torch.no_grad():
                 fresh = lm.model(input_ids=ids[idx, :keep], attention_mask=attn[idx, :keep]).logits[:, :-1]
             del calls[n:]  # the reference forward is not counted
-            mask = attn[idx, 1:keep].bool()
-            assert got.shape == fresh.shape
-            assert torch.allclose(got[mask], fresh[mask], rtol=1e-5, atol=1e-5)
+            want_p, want_neg = unsteered_targets(fresh[attn[idx, 1:keep].bool()])  # text after text
+            assert got[0].shape == want_p.shape and got[1].shape == want_neg.shape
+            torch.testing.assert_close(got[0], want_p, rtol=1e-4, atol=1e-6)
+            torch.testing.assert_close(got[1], want_neg, rtol=1e-4, atol=1e-5)
     finally:
         hook.remove()
     assert len(calls) == (6 if limit == 0 else 2)  # kept: the first batch, then once for the text it left out
+
+
+@pytest.mark.parametrize("limit", [None, 0])
+def test_preserve_term_is_the_masked_next_token_kl_of_each_batch(tiny_llama_dir, limit, monkeypatch):
+    """The regularizer (kept targets or not) equals next_token_kl of the batch's unsteered and steered logits over
+    the predicted positions (the reference), in value and in gradient, at every step of an epoch and the next."""
+    from lineas_engine import Steering, site_specs
+    from lineas_engine.hooks import steered
+    from lineas_engine.samples import minibatches
+    from llm_sidecar import preserve
+    from llm_sidecar.models import load_model
+    from llm_sidecar.perplexity import encode_scored
+    from llm_sidecar.sites import choose_sites
+
+    if limit is not None:
+        monkeypatch.setattr(preserve, "PRESERVE_CACHE_BYTES", limit)
+        monkeypatch.setattr(preserve._UnsteeredTargets.__init__, "__defaults__", (limit,))
+    lm = load_model(tiny_llama_dir, device="cpu")
+    steering = Steering(site_specs(lm.model, choose_sites(lm.model, None)))
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for s in steering.sites:
+            steering.weight(s).copy_(1 + 0.2 * torch.randn(steering.weight(s).shape, generator=g))
+    texts = NEUTRAL[:6]
+    reg = preserve.kl_regularizer(lm, texts, 2.0, batch_size=4, seed=3)
+    enc = encode_scored(lm.tokenizer, texts, 128)
+    ids, attn = enc["input_ids"], enc["attention_mask"]
+    batches = minibatches(len(texts), 4, torch.Generator().manual_seed(3))  # the regularizer's own draw
+    for step in range(4):
+        idx = next(batches)
+        keep = int(attn[idx].sum(dim=1).max())
+        with torch.no_grad():
+            base = lm.model(input_ids=ids[idx, :keep], attention_mask=attn[idx, :keep]).logits[:, :-1]
+        steering.zero_grad()
+        with steered(lm.model, steering):
+            logits = lm.model(input_ids=ids[idx, :keep], attention_mask=attn[idx, :keep]).logits[:, :-1]
+        want = 2.0 * preserve.next_token_kl(base, logits, attn[idx, 1:keep])
+        want.backward()
+        want_grads = [steering.weight(s).grad.clone() for s in steering.sites]
+        steering.zero_grad()
+        got = reg(step, lambda: steered(lm.model, steering))
+        got.backward()
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-7)
+        for s, w in zip(steering.sites, want_grads):
+            torch.testing.assert_close(steering.weight(s).grad, w, rtol=1e-3, atol=1e-8)
+        assert want > 0
 
 
 def _kl_of(model_dir, steering_file, texts):
