@@ -24,9 +24,9 @@ MAX_STRENGTH_PLAIN = 1.0  # --max-strength without --preserve: never past the tr
 def add_parser(sub) -> None:
     t = sub.add_parser("train", help=HELP, description=(
         "Learn a LinEAS steering. The default (recipe 'fast', --maps scale, --preserve on embedded neutral "
-        "passages, raw text) takes about 11 minutes for a 135M model on 2 CPU cores with --calibrate-on on 100 "
-        "texts (measured: 10 min 42 s in all, 100 steps of 5.6 s, then 7 passes of 12 s to calibrate); see "
-        "--recipe for the costs."))
+        "passages, raw text) takes 10-12 minutes for a 135M model on 2 CPU cores with --calibrate-on on 100 "
+        "texts (measured on SmolLM2: 10 min 42 s on one machine, 11 min 33 s on one 19 % slower; 100 steps of "
+        "5.6-6.3 s, then 4 perplexity passes of 12-14 s to calibrate); see --recipe for the costs."))
     model_args(t)
     chat_args(t, training=True)
     t.add_argument("--source", help="texts to steer away from: .txt (a line each), .jsonl, .csv")
