@@ -100,7 +100,7 @@ def kl_regularizer(
         p, neg = base(idx, keep)
         with steered():
             logits = model(input_ids=b_ids, attention_mask=b_attn, use_cache=False).logits[:, :-1]
-        # only the predicted positions of each text (right padding: mask = its next token is real), row by row
+        # only the predicted positions (right padding: where the next token is real), text after text as in p
         kl = kl_to_targets(p, neg, logits[attn[idx, 1:keep].to(logits.device).bool()].to(p.device))
         return weight * kl.mean()
 
