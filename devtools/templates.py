@@ -5,7 +5,7 @@ definition order; an INT input with a control-after-generate widget also stores 
 KSampler stores [seed, "fixed", ...]). The browser test (tests/nodes/test_browser.py) checks every file
 against ComfyUI's own frontend.
 
-    python -m devtools.templates          # with ComfyUI at $COMFYUI_PATH: rewrites workflows/*.json
+    python -m devtools.templates   # with ComfyUI at $COMFYUI_PATH (BUILT_WITH: 0.3.64): rewrites workflows/*.json
 """
 
 from __future__ import annotations
@@ -16,6 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+#: the ComfyUI the committed templates are built with (the oldest the pack supports): newer trees give core nodes
+#: such as PreviewImage declared outputs that the files then list; the browser test loads the files in both
+BUILT_WITH = "0.3.64"
 OUT = REPO / "workflows"
 WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
 GAP = 24           # between nodes in a column and between columns
@@ -350,8 +353,11 @@ def write_all(defs, out: Path = OUT) -> list[Path]:
 def main() -> None:
     import tempfile
 
-    from devtools.comfy_runtime import InProcessComfy
+    from devtools.comfy_runtime import InProcessComfy, comfy_version
 
+    if comfy_version() != BUILT_WITH:
+        raise SystemExit(f"the templates are built with ComfyUI {BUILT_WITH}; $COMFYUI_PATH is {comfy_version()}: "
+                         f"point it at a {BUILT_WITH} tree (or change BUILT_WITH and check the files in the browser)")
     comfy = InProcessComfy(Path(tempfile.mkdtemp(prefix="lineas-templates-")), tiny_checkpoint=False)
     for p in write_all(comfy.nodes.NODE_CLASS_MAPPINGS):
         print(f"wrote {p.relative_to(REPO)}")

@@ -35,8 +35,12 @@ def test_four_workflows_exist_and_are_ui_format():
 def test_committed_templates_are_what_the_builder_makes(comfy):
     """workflows/*.json are built by `python -m devtools.templates` from the nodes' own definitions: a file
     edited by hand, or a node whose inputs changed without rebuilding, shows here (rebuild with that command)."""
-    from devtools.templates import TEMPLATES, build
+    from devtools.comfy_runtime import comfy_version
+    from devtools.templates import BUILT_WITH, TEMPLATES, build
 
+    if comfy_version() != BUILT_WITH:
+        pytest.skip(f"the templates are built with ComfyUI {BUILT_WITH} (devtools.templates.BUILT_WITH), this is "
+                    f"{comfy_version()}: its core nodes declare other outputs; the browser test loads the files here")
     for name, steps in TEMPLATES.items():
         built = json.loads(json.dumps(build(comfy.nodes.NODE_CLASS_MAPPINGS, steps(), name)))
         assert json.loads((REPO / "workflows" / f"{name}.json").read_text()) == built, (
