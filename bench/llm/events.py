@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import re
 import sys
 from pathlib import Path
@@ -54,9 +53,9 @@ def classify(rows: list[dict], judge) -> tuple[list[dict], dict]:
 
 
 def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    from lineas_engine import atomic_write_bytes
+
+    atomic_write_bytes(path, text.encode())
 
 
 def _sha(path: str | None) -> str | None:
