@@ -91,7 +91,7 @@ def kl_regularizer(
     enc = encode_scored(lm.tokenizer, texts, max_length)
     ids, attn = enc["input_ids"], enc["attention_mask"]
     batches = minibatches(len(texts), min(batch_size, len(texts)), torch.Generator().manual_seed(seed))
-    base = _UnsteeredTargets(model, ids, attn, dev)
+    base = _UnsteeredTargets(model, ids, attn, dev, PRESERVE_CACHE_BYTES)
 
     def regularizer(step: int, steered: Callable[[], ContextManager]) -> torch.Tensor:
         idx = next(batches)

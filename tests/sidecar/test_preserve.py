@@ -74,8 +74,7 @@ def test_preserve_term_is_the_masked_next_token_kl_of_each_batch(tiny_llama_dir,
     from llm_sidecar.sites import choose_sites
 
     if limit is not None:
-        monkeypatch.setattr(preserve, "PRESERVE_CACHE_BYTES", limit)
-        monkeypatch.setattr(preserve._UnsteeredTargets.__init__, "__defaults__", (limit,))
+        monkeypatch.setattr(preserve, "PRESERVE_CACHE_BYTES", limit)  # no room to keep them: recomputed each step
     lm = load_model(tiny_llama_dir, device="cpu")
     steering = Steering(site_specs(lm.model, choose_sites(lm.model, None)))
     g = torch.Generator().manual_seed(1)
